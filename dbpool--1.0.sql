@@ -1,0 +1,100 @@
+/* dbpool--1.0.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION dbpool" to load this file. \quit
+
+-- The configuration: the truth the worker reconciles to.  Only the database
+-- named by dbpool.database is read.  Superusers only; kept by pg_dump.
+-- Settings columns follow DbpoolSettingDescs[] in src/settings.c.
+CREATE TABLE dbpool_config (
+    name               text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    conninfo           text NOT NULL,
+    owner              regrole NOT NULL,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    min_size           int NOT NULL,
+    max_size           int NOT NULL,
+    acquire_timeout_ms int NOT NULL,
+    query_timeout_ms   int NOT NULL,
+    idle_timeout_ms    int NOT NULL,
+    max_lifetime_ms    int NOT NULL,
+    reset_query        text
+);
+
+CREATE TABLE dbpool_grant (
+    pool text NOT NULL REFERENCES dbpool_config (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    role regrole NOT NULL,
+    PRIMARY KEY (pool, role)
+);
+
+REVOKE ALL ON dbpool_config, dbpool_grant FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('dbpool_config', '');
+SELECT pg_catalog.pg_extension_config_dump('dbpool_grant', '');
+
+-- Administration (only in dbpool.database).  Not STRICT: NULLs get a clear error.
+CREATE FUNCTION dbpool_create_pool(
+    name text,
+    conninfo text,
+    min_size int DEFAULT 1,
+    max_size int DEFAULT 10,
+    acquire_timeout_ms int DEFAULT 5000,
+    query_timeout_ms int DEFAULT 0,
+    idle_timeout_ms int DEFAULT 600000,
+    max_lifetime_ms int DEFAULT 3600000,
+    reset_query text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_create_pool'
+LANGUAGE C VOLATILE;
+
+REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text) FROM PUBLIC;
+
+CREATE FUNCTION dbpool_alter_pool(name text, options jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_alter_pool'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION dbpool_drop_pool(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_drop_pool'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION dbpool_grant_usage(pool text, role regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_grant_usage'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION dbpool_revoke_usage(pool text, role regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_revoke_usage'
+LANGUAGE C VOLATILE;
+
+-- Queries (from any database with the extension).
+CREATE FUNCTION dbpool_query(pool text, sql text, params text[] DEFAULT NULL)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'dbpool_query'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION dbpool_exec(pool text, sql text, params text[] DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'dbpool_exec'
+LANGUAGE C VOLATILE;
+
+-- Views.
+CREATE FUNCTION dbpool_pools(
+    OUT name text,
+    OUT conninfo text,
+    OUT min_size int,
+    OUT max_size int,
+    OUT acquire_timeout_ms int,
+    OUT query_timeout_ms int,
+    OUT idle_timeout_ms int,
+    OUT max_lifetime_ms int,
+    OUT reset_query text,
+    OUT owner name,
+    OUT state text,
+    OUT created_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'dbpool_pools'
+LANGUAGE C VOLATILE;
+
+CREATE VIEW dbpool_pools AS SELECT * FROM dbpool_pools();
+GRANT SELECT ON dbpool_pools TO PUBLIC;

@@ -1,0 +1,606 @@
+/*
+ * conn.c
+ *		One outbound connection's state machine, non-blocking libpq only.
+ *
+ *	CONNECTING --PQconnectPoll ok--> IDLE --request--> ACTIVE --results done-->
+ *	  CLEANUP (ROLLBACK if a transaction was left open, reset_query, waiting
+ *	  for an in-flight cancel to land) --> IDLE, or closed.
+ *
+ * Every state but IDLE has a deadline (connect_timeout, query_timeout_ms,
+ * DBPOOL_CANCEL_GRACE_MS); past it the request is answered and the
+ * connection cancelled or closed.  Results stream into the client's channel
+ * in single-row mode; while the channel is full the socket is not read
+ * (DbpoolConnWantedEvents drops it from the wait set), so memory stays
+ * bounded whatever the result size.
+ *
+ * Nothing here raises an ERROR for a remote or client problem: errors are
+ * records sent to the one client concerned.
+ */
+#include "postgres.h"
+
+#include "storage/fd.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "dbpool.h"
+#include "worker.h"
+
+#define CLEANUP_AWAIT_CANCEL 3	/* waiting for the cancel thread before reuse */
+#define ROWS_PER_FLUSH_BYTES 8192
+
+int			DbpoolAwaitingCancels = 0;
+
+/* libpq notice processor that drops remote notices (they would go to the server log). */
+static void
+notice_noop(void *arg, const char *message)
+{
+}
+
+/* Change state and note when. */
+static void
+set_state(WorkerConn *conn, ConnState state)
+{
+	conn->state = state;
+	conn->state_since = GetCurrentTimestamp();
+}
+
+/* libpq's last error for conn, without the trailing newline. */
+static char *
+conn_error(WorkerConn *conn)
+{
+	char	   *msg = conn->pg ? pstrdup(PQerrorMessage(conn->pg)) : pstrdup("out of memory");
+
+	return msg[0] ? pchomp(msg) : pstrdup("unknown libpq error");
+}
+
+/* A connection attempt failed: tell the pool (its waiters), then close. */
+static void
+fail_connect(WorkerConn *conn, const char *detail)
+{
+	WorkerPool *pool = conn->pool;
+
+	DbpoolPoolConnFailed(pool, "08001",
+						 psprintf("could not connect to pool \"%s\"", pool->name),
+						 detail, NULL);
+	DbpoolConnClose(conn);
+}
+
+/* Start a connection for pool; NULL if it failed at once (the pool was told). */
+WorkerConn *
+DbpoolConnOpen(WorkerPool *pool)
+{
+	WorkerConn *conn = MemoryContextAllocZero(DbpoolWorkerContext, sizeof(WorkerConn));
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext old;
+
+	conn->pool = pool;
+	conn->state = CONN_CONNECTING;
+	conn->sock = PGINVALID_SOCKET;
+	conn->wait_pos = -1;
+	conn->created_at = conn->state_since = now;
+	conn->conninfo_gen = pool->conninfo_gen;
+	old = MemoryContextSwitchTo(DbpoolWorkerContext);
+	initStringInfo(&conn->error);
+	MemoryContextSwitchTo(old);
+	dlist_push_tail(&pool->conns, &conn->pool_node);
+	pool->nconns++;
+	pool->nconnecting++;
+	DbpoolWorkerTotalConns++;
+
+	if (!AcquireExternalFD())
+	{
+		fail_connect(conn, "The dbpool worker has no file descriptor left (max_files_per_process).");
+		return NULL;
+	}
+	conn->has_fd = true;
+	conn->pg = PQconnectStartParams(pool->keywords, pool->values, 0);
+	if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD)
+	{
+		fail_connect(conn, conn_error(conn));
+		return NULL;
+	}
+	conn->poll = PGRES_POLLING_WRITING;
+	conn->sock = PQsocket(conn->pg);
+	conn->deadline = TimestampTzPlusMilliseconds(now, pool->connect_timeout_ms);
+	DbpoolWorkerDeadline(conn->deadline);
+	DbpoolWorkerSocketsChanged();
+	return conn;
+}
+
+/* The socket events this connection waits for now (0: none, leave it out of the set). */
+uint32
+DbpoolConnWantedEvents(WorkerConn *conn)
+{
+	if (conn->sock == PGINVALID_SOCKET)
+		return 0;
+	switch (conn->state)
+	{
+		case CONN_CONNECTING:
+			return conn->poll == PGRES_POLLING_READING ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
+		case CONN_IDLE:
+			return WL_SOCKET_READABLE;	/* to notice the server closing it */
+		case CONN_ACTIVE:
+		case CONN_CLEANUP:
+			if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
+				return 0;
+			if (conn->ch && conn->ch->blocked)
+				return 0;		/* backpressure: the client has not read yet */
+			return WL_SOCKET_READABLE | (conn->flushing ? WL_SOCKET_WRITEABLE : 0);
+	}
+	return 0;
+}
+
+/* Answer the connection's client with an error and let go of it. */
+void
+DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const char *message,
+					  const char *detail, const char *hint)
+{
+	WorkerChannel *ch = conn->ch;
+
+	if (ch == NULL)
+		return;
+	conn->ch = NULL;
+	ch->conn = NULL;
+	DbpoolChannelError(ch, sqlstate, message, detail, hint);
+}
+
+/* Send a query text on the connection; false if the connection is broken. */
+static bool
+send_text(WorkerConn *conn, const char *sql, int nparams, const char *const *params)
+{
+	int			ok;
+	int			r;
+
+	if (nparams < 0)
+		ok = PQsendQuery(conn->pg, sql);
+	else
+		ok = PQsendQueryParams(conn->pg, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (!ok)
+		return false;
+	r = PQflush(conn->pg);
+	if (r < 0)
+		return false;
+	conn->flushing = (r == 1);
+	return true;
+}
+
+/* Run ch's request on this idle connection. */
+void
+DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
+{
+	WorkerPool *pool = conn->pool;
+
+	Assert(conn->state == CONN_IDLE);
+	conn->ch = ch;
+	ch->conn = conn;
+	ch->state = REQ_RUNNING;
+	conn->orphaned = false;
+	conn->result_started = false;
+	conn->status[0] = '\0';
+	resetStringInfo(&conn->error);
+	set_state(conn, CONN_ACTIVE);
+	if (!send_text(conn, ch->sql, ch->nparams, ch->params))
+	{
+		DbpoolConnFailRequest(conn, "08006",
+							  psprintf("could not send the query to pool \"%s\"", pool->name),
+							  conn_error(conn), NULL);
+		DbpoolConnClose(conn);
+		return;
+	}
+	(void) PQsetSingleRowMode(conn->pg);
+	conn->deadline = pool->settings.query_timeout_ms > 0 ?
+		TimestampTzPlusMilliseconds(conn->state_since, pool->settings.query_timeout_ms) : 0;
+	DbpoolWorkerDeadline(conn->deadline);
+}
+
+/* Stop serving the client (gone or answered): cancel the remote query and drain it. */
+void
+DbpoolConnOrphan(WorkerConn *conn)
+{
+	if (conn->ch)
+		conn->ch->conn = NULL;
+	conn->ch = NULL;
+	if (conn->state != CONN_ACTIVE || conn->orphaned)
+		return;
+	conn->orphaned = true;
+	if (conn->cancel == NULL)
+		conn->cancel = DbpoolCancelStart(conn->pg);
+	if (conn->cancel == NULL)
+		conn->retire = true;	/* no cancel possible: close at the deadline */
+	conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												 conn->cancel ? DBPOOL_CANCEL_GRACE_MS : 0);
+	DbpoolWorkerDeadline(conn->deadline);
+}
+
+/* Hand a clean connection back to its pool, once no cancel can still reach it. */
+static void
+to_pool(WorkerConn *conn)
+{
+	if (conn->cancel)
+	{
+		if (!DbpoolCancelDone(conn->cancel))
+		{
+			if (!(conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL))
+			{
+				set_state(conn, CONN_CLEANUP);
+				conn->cleanup_step = CLEANUP_AWAIT_CANCEL;
+				conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															 DBPOOL_CANCEL_GRACE_MS);
+				DbpoolWorkerDeadline(conn->deadline);
+				DbpoolAwaitingCancels++;
+				DbpoolWorkerSocketsChanged();
+			}
+			return;
+		}
+		conn->cancel = NULL;
+	}
+	if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
+		DbpoolAwaitingCancels--;
+	conn->deadline = 0;
+	conn->orphaned = false;
+	conn->cleanup_step = 0;
+	DbpoolPoolRelease(conn);
+}
+
+/* If the connection waits for its cancel thread, move on when it is done; true if it waited. */
+bool
+DbpoolConnPollCancel(WorkerConn *conn)
+{
+	if (conn->state != CONN_CLEANUP || conn->cleanup_step != CLEANUP_AWAIT_CANCEL)
+		return false;
+	to_pool(conn);
+	return true;
+}
+
+/* Start a cleanup step (ROLLBACK or reset_query); close the connection if it cannot. */
+static void
+start_cleanup(WorkerConn *conn, int step)
+{
+	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" : conn->pool->settings.reset_query;
+
+	set_state(conn, CONN_CLEANUP);
+	conn->cleanup_step = step;
+	resetStringInfo(&conn->error);
+	if (!send_text(conn, sql, -1, NULL))
+	{
+		DbpoolConnClose(conn);
+		return;
+	}
+	conn->deadline = TimestampTzPlusMilliseconds(conn->state_since, DBPOOL_CANCEL_GRACE_MS);
+	DbpoolWorkerDeadline(conn->deadline);
+}
+
+/* The request's last result is in: answer the client, then clean the connection. */
+static void
+request_done(WorkerConn *conn)
+{
+	WorkerChannel *ch = conn->ch;
+	PGTransactionStatusType ts = PQtransactionStatus(conn->pg);
+	bool		txn_open = (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR);
+
+	if (ch)
+	{
+		conn->ch = NULL;
+		ch->conn = NULL;
+		if (conn->error.len > 0)
+			DbpoolChannelAddRecord(ch, &conn->error);
+		else if (txn_open)
+		{
+			DbpoolErrorRecord(&conn->error, "25000",
+							  psprintf("the query left a transaction open on pool \"%s\"",
+									   conn->pool->name),
+							  "dbpool rolled the remote transaction back: a connection goes back to the pool only outside a transaction.",
+							  "End every transaction in the call that starts it, for example 'BEGIN; ...; COMMIT'.",
+							  NULL);
+			DbpoolChannelAddRecord(ch, &conn->error);
+		}
+		else
+			DbpoolChannelAddComplete(ch, conn->status);
+		DbpoolChannelReply(ch);
+	}
+	conn->deadline = 0;
+	if (txn_open)
+		start_cleanup(conn, CLEANUP_ROLLBACK);
+	else if (ts != PQTRANS_IDLE)
+		DbpoolConnClose(conn);
+	else if (conn->pool->settings.reset_query[0] != '\0')
+		start_cleanup(conn, CLEANUP_RESET);
+	else
+		to_pool(conn);
+}
+
+/* A cleanup step ended. */
+static void
+cleanup_done(WorkerConn *conn)
+{
+	if (conn->error.len > 0 || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
+	{
+		elog(LOG, "dbpool: closing a connection of pool \"%s\": its %s failed",
+			 conn->pool->name, conn->cleanup_step == CLEANUP_ROLLBACK ? "ROLLBACK" : "reset_query");
+		DbpoolConnClose(conn);
+	}
+	else if (conn->cleanup_step == CLEANUP_ROLLBACK && conn->pool->settings.reset_query[0] != '\0')
+		start_cleanup(conn, CLEANUP_RESET);
+	else
+		to_pool(conn);
+}
+
+/* Answer the client with the recorded error and close: the protocol state is unusable (COPY). */
+static void
+abort_copy(WorkerConn *conn)
+{
+	WorkerChannel *ch = conn->ch;
+
+	if (ch)
+	{
+		conn->ch = NULL;
+		ch->conn = NULL;
+		DbpoolChannelAddRecord(ch, &conn->error);
+		DbpoolChannelReply(ch);
+	}
+	DbpoolConnClose(conn);
+}
+
+/* One result of a running request: forward rows, remember status and errors; false for COPY. */
+static bool
+handle_result(WorkerConn *conn, PGresult *res)
+{
+	WorkerChannel *ch = conn->ch;
+	bool		rows = ch && ch->kind == DBPOOL_REQ_QUERY;
+	int			i;
+
+	switch (PQresultStatus(res))
+	{
+		case PGRES_SINGLE_TUPLE:
+		case PGRES_TUPLES_OK:
+			if (rows && !conn->result_started)
+				DbpoolChannelAddRowDesc(ch, PQnfields(res));
+			conn->result_started = true;
+			/* single-row mode: one row, or none in the TUPLES_OK that ends the set */
+			for (i = 0; rows && i < PQntuples(res); i++)
+				DbpoolChannelAddRow(ch, res, i);
+			if (PQresultStatus(res) == PGRES_TUPLES_OK)
+			{
+				conn->result_started = false;
+				strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+			}
+			if (ch && ch->out.len >= ROWS_PER_FLUSH_BYTES)
+				DbpoolChannelReply(ch);
+			return true;
+		case PGRES_COMMAND_OK:
+		case PGRES_EMPTY_QUERY:
+			conn->result_started = false;
+			strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+			return true;
+		case PGRES_COPY_IN:
+		case PGRES_COPY_OUT:
+		case PGRES_COPY_BOTH:
+			DbpoolErrorRecord(&conn->error, "0A000", "COPY is not supported by dbpool",
+							  NULL, "Use INSERT and SELECT through dbpool_exec and dbpool_query.",
+							  NULL);
+			return false;
+		default:
+			if (conn->error.len == 0)
+				DbpoolErrorRecordFromResult(&conn->error, res);
+			return true;
+	}
+}
+
+/* The connection broke while serving: answer the client and close. */
+static void
+conn_broken(WorkerConn *conn)
+{
+	DbpoolConnFailRequest(conn, "08006",
+						  psprintf("lost the connection to pool \"%s\"", conn->pool->name),
+						  conn_error(conn), NULL);
+	DbpoolConnClose(conn);
+}
+
+/* Read what the server sent and act on it. */
+static void
+process_results(WorkerConn *conn)
+{
+	PGconn	   *pg = conn->pg;
+
+	if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
+		return;
+	if (conn->flushing && conn->writable)
+	{
+		int			r = PQflush(pg);
+
+		if (r < 0)
+		{
+			conn_broken(conn);
+			return;
+		}
+		conn->flushing = (r == 1);
+	}
+	if (conn->readable && !(conn->ch && conn->ch->blocked))
+	{
+		if (!PQconsumeInput(pg))
+		{
+			conn_broken(conn);
+			return;
+		}
+	}
+	conn->readable = conn->writable = false;
+
+	for (;;)
+	{
+		PGresult   *res;
+		bool		ok = true;
+
+		if (conn->ch && conn->ch->blocked)
+			return;				/* resumed when the client reads */
+		if (PQisBusy(pg))
+		{
+			if (conn->ch && conn->ch->out.len > 0)
+				DbpoolChannelReply(conn->ch);
+			return;
+		}
+		res = PQgetResult(pg);
+		if (res == NULL)
+		{
+			if (conn->state == CONN_ACTIVE)
+				request_done(conn);
+			else
+				cleanup_done(conn);
+			return;
+		}
+		if (conn->state == CONN_ACTIVE)
+			ok = handle_result(conn, res);
+		else if (PQresultStatus(res) == PGRES_FATAL_ERROR && conn->error.len == 0)
+			DbpoolErrorRecordFromResult(&conn->error, res);
+		else if (PQresultStatus(res) == PGRES_COPY_IN || PQresultStatus(res) == PGRES_COPY_OUT ||
+				 PQresultStatus(res) == PGRES_COPY_BOTH)
+			ok = false;
+		PQclear(res);
+		if (!ok)
+		{
+			abort_copy(conn);
+			return;
+		}
+	}
+}
+
+/* Act on socket readiness (or on the client having read) for this connection. */
+void
+DbpoolConnProcess(WorkerConn *conn)
+{
+	switch (conn->state)
+	{
+		case CONN_CONNECTING:
+			if (!conn->readable && !conn->writable)
+				return;
+			conn->readable = conn->writable = false;
+			conn->poll = PQconnectPoll(conn->pg);
+			if (PQsocket(conn->pg) != conn->sock)
+			{
+				conn->sock = PQsocket(conn->pg);
+				DbpoolWorkerSocketsChanged();
+			}
+			if (conn->poll == PGRES_POLLING_FAILED)
+				fail_connect(conn, conn_error(conn));
+			else if (conn->poll == PGRES_POLLING_OK)
+			{
+				WorkerPool *pool = conn->pool;
+
+				(void) PQsetnonblocking(conn->pg, 1);
+				PQsetNoticeProcessor(conn->pg, notice_noop, NULL);
+				if (!pool->owner_is_superuser && !PQconnectionUsedPassword(conn->pg))
+				{
+					DbpoolPoolConnFailed(pool, "2F003", "password is required",
+										 "Non-superuser cannot connect if the server does not request a password.",
+										 "Target server's authentication method must be changed.");
+					DbpoolConnClose(conn);
+					return;
+				}
+				pool->nconnecting--;
+				conn->deadline = 0;
+				set_state(conn, CONN_IDLE);
+				DbpoolPoolConnected(conn);
+			}
+			return;
+		case CONN_IDLE:
+			if (!conn->readable)
+				return;
+			conn->readable = false;
+			if (!PQconsumeInput(conn->pg) || PQstatus(conn->pg) == CONNECTION_BAD)
+			{
+				elog(DEBUG1, "dbpool: an idle connection of pool \"%s\" was closed by the server",
+					 conn->pool->name);
+				DbpoolConnClose(conn);
+				return;
+			}
+			while (!PQisBusy(conn->pg))
+			{
+				PGresult   *res = PQgetResult(conn->pg);
+
+				if (res == NULL)
+					break;
+				PQclear(res);
+			}
+			return;
+		case CONN_ACTIVE:
+		case CONN_CLEANUP:
+			process_results(conn);
+			return;
+	}
+}
+
+/* Enforce this connection's deadline. */
+void
+DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
+{
+	WorkerPool *pool = conn->pool;
+
+	if (conn->deadline == 0)
+		return;
+	if (now < conn->deadline)
+	{
+		DbpoolWorkerDeadline(conn->deadline);
+		return;
+	}
+	switch (conn->state)
+	{
+		case CONN_CONNECTING:
+			fail_connect(conn, psprintf("timeout expired after %d ms", pool->connect_timeout_ms));
+			return;
+		case CONN_ACTIVE:
+			if (conn->ch)
+			{
+				DbpoolConnFailRequest(conn, "57014",
+									  psprintf("canceling query on pool \"%s\" due to query_timeout_ms",
+											   pool->name),
+									  psprintf("The query ran longer than %d ms.",
+											   pool->settings.query_timeout_ms),
+									  NULL);
+				DbpoolConnOrphan(conn);
+				return;
+			}
+			/* orphaned and not ended by its cancel in time */
+			DbpoolConnClose(conn);
+			return;
+		case CONN_CLEANUP:
+			DbpoolConnClose(conn);
+			return;
+		case CONN_IDLE:
+			conn->deadline = 0;
+			return;
+	}
+}
+
+/* Close the connection and forget it; its pool is told. */
+void
+DbpoolConnClose(WorkerConn *conn)
+{
+	WorkerPool *pool = conn->pool;
+
+	if (conn->ch)
+		DbpoolConnFailRequest(conn, "08006",
+							  psprintf("lost the connection to pool \"%s\"", pool->name),
+							  NULL, NULL);
+	if (conn->state == CONN_IDLE)
+	{
+		dlist_delete(&conn->idle_node);
+		pool->nidle--;
+	}
+	else if (conn->state == CONN_CONNECTING)
+		pool->nconnecting--;
+	else if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
+		DbpoolAwaitingCancels--;
+	dlist_delete(&conn->pool_node);
+	pool->nconns--;
+	DbpoolWorkerTotalConns--;
+	if (conn->cancel)
+		DbpoolCancelForget(conn->cancel);
+	if (conn->pg)
+		PQfinish(conn->pg);
+	if (conn->has_fd)
+		ReleaseExternalFD();
+	if (conn->wait_pos >= 0)
+		DbpoolWorkerSocketsChanged();
+	pfree(conn->error.data);
+	pfree(conn);
+	DbpoolPoolConnClosed(pool);
+}

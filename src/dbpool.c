@@ -1,0 +1,103 @@
+/*
+ * dbpool.c
+ *		Module load: GUCs, shared-memory hooks and the worker's registration.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+
+#include "dbpool.h"
+
+PG_MODULE_MAGIC;
+
+char	   *DbpoolDatabase = NULL;
+int			DbpoolMaxPools = 32;
+int			DbpoolMaxConnections = 256;
+int			DbpoolQueueSizeKb = 64;
+bool		DbpoolLoadedAtStartup = false;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+/* Chain to the previous shmem_request_hook, then ask for our memory. */
+static void
+dbpool_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	DbpoolShmemRequest();
+}
+
+/* Chain to the previous shmem_startup_hook, then set up our memory. */
+static void
+dbpool_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	DbpoolShmemStartup();
+}
+
+/* Define the GUCs and, when preloaded, reserve shared memory and register the worker. */
+void
+_PG_init(void)
+{
+	BackgroundWorker worker;
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;					/* every function will say so: DbpoolCheckLoaded */
+
+	DefineCustomStringVariable("dbpool.database",
+							   "Database that holds the pool configuration.",
+							   "The dbpool worker connects to it; pools are administered there.",
+							   &DbpoolDatabase, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.max_pools",
+							"Maximum number of pools.",
+							NULL, &DbpoolMaxPools, 32, 1, 10000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.max_connections",
+							"Maximum number of foreign connections of all pools together.",
+							NULL, &DbpoolMaxConnections, 256, 1, 100000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.queue_size",
+							"Size of each session's result queue from the worker.",
+							"Rows stream through it; a full queue makes the worker stop "
+							"reading the foreign socket until the session catches up.",
+							&DbpoolQueueSizeKb, 64, 8, 1024 * 1024,
+							PGC_POSTMASTER, GUC_UNIT_KB, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("dbpool");
+
+	DbpoolLoadedAtStartup = true;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = dbpool_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = dbpool_shmem_startup;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "dbpool");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "DbpoolWorkerMain");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "dbpool worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "dbpool worker");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* Raise 55000 unless the library was loaded through shared_preload_libraries. */
+void
+DbpoolCheckLoaded(void)
+{
+	if (!DbpoolLoadedAtStartup || DbpoolShmem == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("dbpool must be loaded via shared_preload_libraries"),
+				 errhint("Add dbpool to shared_preload_libraries in postgresql.conf and restart the server.")));
+}

@@ -1,0 +1,205 @@
+/*
+ * dbpool.h
+ *		Declarations shared by every part of dbpool: GUCs, the shared-memory
+ *		layout, pool settings and the backend <-> worker record format.
+ *
+ * Who runs what:
+ *	- client backends: query.c, admin.c, views.c and the backend half of
+ *	  channel.c;
+ *	- the dbpool worker: worker.c, pool.c, conn.c, cancel.c and the worker
+ *	  half of channel.c (declared in worker.h).
+ */
+#ifndef DBPOOL_H
+#define DBPOOL_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/s_lock.h"
+#include "storage/shm_mq.h"
+
+#define DBPOOL_NAME_LEN			64		/* pool names: 1..63 characters */
+#define DBPOOL_MAX_GRANTEES		64		/* usage grants per pool kept in shmem */
+#define DBPOOL_CONNINFO_LEN		1024	/* redacted conninfo shown in views */
+#define DBPOOL_TEXT_SETTING_LEN	1024	/* text settings such as reset_query */
+#define DBPOOL_REQUEST_QUEUE_SIZE 8192	/* backend -> worker queue, per backend */
+#define DBPOOL_WORKER_WAIT_MS	4000	/* how long a caller waits for the worker */
+#define DBPOOL_DROP_GRACE_MS	10000	/* queries of a dropped pool may finish */
+#define DBPOOL_CANCEL_GRACE_MS	5000	/* a cancelled query must end by then */
+#define DBPOOL_PASSWORD_MASK	"********"
+#define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
+
+/* GUCs (dbpool.c) */
+extern char *DbpoolDatabase;
+extern int	DbpoolMaxPools;
+extern int	DbpoolMaxConnections;
+extern int	DbpoolQueueSizeKb;
+extern bool DbpoolLoadedAtStartup;
+
+/* ---------- pool settings (settings.c) ---------- */
+
+/*
+ * Every tunable pool setting, except name and conninfo.  To add a setting:
+ * add a field here, a row to DbpoolSettingDescs[] in settings.c, a parameter
+ * of dbpool_create_pool (same position), a column of the configuration
+ * table and of dbpool_pools in dbpool--*.sql.  Nothing else changes.
+ */
+typedef struct DbpoolSettings
+{
+	int			min_size;
+	int			max_size;
+	int			acquire_timeout_ms;
+	int			query_timeout_ms;
+	int			idle_timeout_ms;
+	int			max_lifetime_ms;
+	char		reset_query[DBPOOL_TEXT_SETTING_LEN];	/* "" = none */
+} DbpoolSettings;
+
+typedef enum DbpoolSettingType
+{
+	DBPOOL_SETTING_INT,
+	DBPOOL_SETTING_TEXT
+} DbpoolSettingType;
+
+typedef struct DbpoolSettingDesc
+{
+	const char *name;			/* SQL name: parameter, jsonb key, column */
+	DbpoolSettingType type;
+	size_t		offset;			/* within DbpoolSettings */
+	int			default_int;
+	int			min_int;
+} DbpoolSettingDesc;
+
+extern const DbpoolSettingDesc DbpoolSettingDescs[];
+extern const int DbpoolNumSettings;
+
+extern void DbpoolSettingsDefaults(DbpoolSettings *s);
+extern int *DbpoolSettingInt(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern char *DbpoolSettingText(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern void DbpoolValidateSettings(const DbpoolSettings *s);
+extern void DbpoolValidateName(const char *name);
+extern void DbpoolValidateConninfo(const char *conninfo, bool owner_is_superuser);
+extern char *DbpoolRedactConninfo(const char *conninfo);
+
+/* ---------- shared memory (shmem.c) ---------- */
+
+typedef enum DbpoolPoolState
+{
+	DBPOOL_POOL_CONNECTING,		/* no connection has succeeded yet */
+	DBPOOL_POOL_READY,			/* serving */
+	DBPOOL_POOL_UNREACHABLE,	/* the last connection attempt failed */
+	DBPOOL_POOL_DROPPING		/* dropped; in-flight queries finishing */
+} DbpoolPoolState;
+
+/* One pool in the registry.  Written by the worker only. */
+typedef struct DbpoolPoolSlot
+{
+	bool		in_use;
+	DbpoolPoolState state;
+	uint64		pool_id;		/* unique for the life of the server */
+	char		name[DBPOOL_NAME_LEN];
+	Oid			owner;
+	int			ngrantees;
+	Oid			grantees[DBPOOL_MAX_GRANTEES];
+	TimestampTz created_at;
+	DbpoolSettings settings;
+	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted */
+
+	/* gauges, written by the worker without the lock */
+	pg_atomic_uint32 total_conns;
+	pg_atomic_uint32 idle_conns;
+	pg_atomic_uint32 active_conns;
+	pg_atomic_uint32 waiting;
+} DbpoolPoolSlot;
+
+typedef enum DbpoolChannelState
+{
+	DBPOOL_CHANNEL_FREE,		/* queues not in use; the backend may create them */
+	DBPOOL_CHANNEL_ACTIVE,		/* created by the backend, attached to the worker */
+	DBPOOL_CHANNEL_ABANDONED	/* backend left mid-request; worker must free it */
+} DbpoolChannelState;
+
+/* One backend's channel; the two queues follow it in memory. */
+typedef struct DbpoolChannel
+{
+	slock_t		mutex;			/* protects the fields below */
+	DbpoolChannelState state;
+	uint32		worker_gen;		/* worker generation the queues were made for */
+	uint32		attach_seq;		/* bumped each time the backend makes queues */
+	PGPROC	   *backend;
+	pid_t		backend_pid;
+} DbpoolChannel;
+
+typedef struct DbpoolShared
+{
+	LWLock	   *lock;			/* protects the pool registry */
+	slock_t		mutex;			/* protects the worker_* fields */
+	pid_t		worker_pid;		/* 0 when no worker is serving */
+	PGPROC	   *worker_proc;
+	uint32		worker_gen;		/* bumped at every worker start */
+	bool		database_checked;	/* dbpool.database was seen to exist */
+	TimestampTz last_wait_log;	/* rate limit for "waiting for ..." lines */
+	pg_atomic_uint64 config_requested;	/* bumped by committed admin changes */
+	pg_atomic_uint64 config_applied;	/* last request the worker applied */
+	uint64		next_pool_id;	/* worker only */
+	int			nchannels;
+	Size		channel_stride;
+	pg_atomic_uint64 *pending;	/* bitmap: channels with news for the worker */
+	char	   *channels;		/* nchannels * channel_stride bytes */
+	DbpoolPoolSlot pools[FLEXIBLE_ARRAY_MEMBER];	/* dbpool.max_pools */
+} DbpoolShared;
+
+extern DbpoolShared *DbpoolShmem;
+
+extern void DbpoolShmemRequest(void);
+extern void DbpoolShmemStartup(void);
+extern DbpoolChannel *DbpoolChannelAt(int index);
+extern shm_mq *DbpoolChannelRequestQueue(DbpoolChannel *ch);
+extern shm_mq *DbpoolChannelResponseQueue(DbpoolChannel *ch);
+extern Size DbpoolResponseQueueSize(void);
+extern void DbpoolChannelMarkPending(int index);
+extern void DbpoolWakeWorker(void);
+extern void DbpoolRequestReconcile(void);
+
+/* ---------- backend side (channel.c, query.c, admin.c) ---------- */
+
+extern void DbpoolCheckLoaded(void);
+extern void DbpoolCheckConfigDatabase(void);
+extern char *DbpoolExtensionSchema(void);
+extern void DbpoolWaitForWorker(void);
+extern void DbpoolWaitForReconcile(void);
+extern uint32 DbpoolChannelOpen(void);
+extern void DbpoolChannelSend(const char *data, Size len);
+extern void DbpoolChannelReceive(const char **data, Size *len);
+extern void DbpoolChannelAbandon(void);
+
+/* ---------- request and response records ---------- */
+
+/*
+ * A request is one shm_mq message:
+ *	char kind ('Q' rows wanted, 'X' command status only)
+ *	int32 pool slot, uint64 pool_id, Oid user
+ *	int32 nparams (-1: no parameters, simple protocol, several statements)
+ *	int32 sql length, sql bytes, '\0'
+ *	nparams * (int32 length or -1 for NULL, bytes, '\0')
+ * Text is UTF8.
+ *
+ * A response is a series of messages, each a series of records:
+ *	'T' int32 natts						a result set starts
+ *	'D' natts * (int32 len or -1, bytes)	one row
+ *	'C' int32 len, bytes				final: command status of the last statement
+ *	'E' 5-byte SQLSTATE, 4 * (int32 len, bytes): message, detail, hint, context
+ *										final: an error
+ */
+#define DBPOOL_REQ_QUERY	'Q'
+#define DBPOOL_REQ_EXEC		'X'
+#define DBPOOL_REC_ROWDESC	'T'
+#define DBPOOL_REC_ROW		'D'
+#define DBPOOL_REC_COMPLETE	'C'
+#define DBPOOL_REC_ERROR	'E'
+
+#endif							/* DBPOOL_H */

@@ -1,0 +1,410 @@
+/*
+ * query.c
+ *		dbpool_query and dbpool_exec: the backend side of a query's life.
+ *
+ * Look the pool up and check the caller's privilege, write the request into
+ * this session's channel, then turn the records that stream back into a
+ * tuplestore (spilling past work_mem) through the input functions of the
+ * caller's column definition list, as dblink does.  Anything that ends the
+ * wait early (an error, a cancel, statement_timeout, termination) abandons the
+ * channel, which makes the worker cancel the remote query.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/tuplestore.h"
+
+#include "dbpool.h"
+
+PG_FUNCTION_INFO_V1(dbpool_query);
+PG_FUNCTION_INFO_V1(dbpool_exec);
+
+/* What a request needs to know of its pool. */
+typedef struct PoolRef
+{
+	int			slot;
+	uint64		pool_id;
+	char		name[DBPOOL_NAME_LEN];
+} PoolRef;
+
+/* Where rows go: NULL tupstore for dbpool_exec. */
+typedef struct ResultSink
+{
+	Tuplestorestate *tupstore;
+	TupleDesc	desc;
+	AttInMetadata *attinmeta;
+	MemoryContext rowcxt;
+	StringInfoData value;		/* one value, NUL-terminated */
+} ResultSink;
+
+/* Find a live pool by name and check that the current user may use it. */
+static void
+lookup_pool(const char *name, PoolRef *ref)
+{
+	Oid			owner = InvalidOid;
+	Oid			grantees[DBPOOL_MAX_GRANTEES];
+	int			ngrantees = 0;
+	bool		found = false;
+	Oid			user = GetUserId();
+	int			i;
+
+	DbpoolWaitForReconcile();
+	LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
+	for (i = 0; i < DbpoolMaxPools; i++)
+	{
+		DbpoolPoolSlot *slot = &DbpoolShmem->pools[i];
+
+		if (!slot->in_use || slot->state == DBPOOL_POOL_DROPPING || strcmp(slot->name, name) != 0)
+			continue;
+		found = true;
+		ref->slot = i;
+		ref->pool_id = slot->pool_id;
+		owner = slot->owner;
+		ngrantees = slot->ngrantees;
+		memcpy(grantees, slot->grantees, sizeof(Oid) * ngrantees);
+		break;
+	}
+	LWLockRelease(DbpoolShmem->lock);
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("pool \"%s\" does not exist", name),
+				 errhint("Pools are created with dbpool_create_pool() in database \"%s\"; dbpool_pools lists them.",
+						 DbpoolDatabase)));
+	strlcpy(ref->name, name, sizeof(ref->name));
+
+	if (superuser() || has_privs_of_role(user, owner))
+		return;
+	for (i = 0; i < ngrantees; i++)
+		if (has_privs_of_role(user, grantees[i]))
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for pool \"%s\"", name),
+			 errhint("The pool's owner or a superuser can grant it with dbpool_grant_usage('%s', role).",
+					 name)));
+}
+
+/* Append a native int32. */
+static void
+put_int32(StringInfo buf, int32 v)
+{
+	appendBinaryStringInfo(buf, (const char *) &v, 4);
+}
+
+/* Append a string converted to UTF8, length-prefixed and NUL-terminated. */
+static void
+put_utf8(StringInfo buf, const char *s)
+{
+	int			len = strlen(s);
+	char	   *u = pg_server_to_any(s, len, PG_UTF8);
+
+	len = strlen(u);
+	put_int32(buf, len);
+	appendBinaryStringInfo(buf, u, len + 1);
+	if (u != s)
+		pfree(u);
+}
+
+/* Build the request message (see dbpool.h). */
+static void
+build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, ArrayType *params)
+{
+	Oid			user = GetUserId();
+	int32		slot = ref->slot;
+
+	appendStringInfoChar(buf, kind);
+	appendBinaryStringInfo(buf, (const char *) &slot, 4);
+	appendBinaryStringInfo(buf, (const char *) &ref->pool_id, 8);
+	appendBinaryStringInfo(buf, (const char *) &user, sizeof(Oid));
+	if (params == NULL)
+	{
+		put_int32(buf, -1);
+		put_utf8(buf, sql);
+	}
+	else
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n,
+					i;
+
+		if (ARR_NDIM(params) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("params must be a one-dimensional array")));
+		deconstruct_array(params, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+		if (n > 65535)
+			ereport(ERROR,
+					(errcode(ERRCODE_TOO_MANY_ARGUMENTS),
+					 errmsg("too many parameters: %d", n),
+					 errdetail("A query can have at most 65535 parameters.")));
+		put_int32(buf, n);
+		put_utf8(buf, sql);
+		for (i = 0; i < n; i++)
+		{
+			if (nulls[i])
+				put_int32(buf, -1);
+			else
+				put_utf8(buf, TextDatumGetCString(elems[i]));
+		}
+	}
+}
+
+/* Read a native int32 from a record; raise if the message is short. */
+static int32
+get_int32(const char **p, const char *end)
+{
+	int32		v;
+
+	if (end - *p < 4)
+		elog(ERROR, "dbpool: truncated response from the worker");
+	memcpy(&v, *p, 4);
+	*p += 4;
+	return v;
+}
+
+/* Read a length-prefixed UTF8 string as server-encoded text. */
+static char *
+get_text(const char **p, const char *end)
+{
+	int32		len = get_int32(p, end);
+	char	   *s;
+
+	if (len < 0 || end - *p < len)
+		elog(ERROR, "dbpool: truncated response from the worker");
+	s = pnstrdup(*p, len);
+	*p += len;
+	return pg_any_to_server(s, len, PG_UTF8);
+}
+
+/* Raise the error an 'E' record carries, naming the pool. */
+static void
+raise_error(const char **p, const char *end, const char *pool)
+{
+	char		state[5];
+	char	   *msg,
+			   *detail,
+			   *hint,
+			   *context;
+
+	if (end - *p < 5)
+		elog(ERROR, "dbpool: truncated response from the worker");
+	memcpy(state, *p, 5);
+	*p += 5;
+	msg = get_text(p, end);
+	detail = get_text(p, end);
+	hint = get_text(p, end);
+	context = get_text(p, end);
+	ereport(ERROR,
+			(errcode(MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4])),
+			 errmsg_internal("%s", msg),
+			 detail[0] ? errdetail_internal("%s", detail) : 0,
+			 hint[0] ? errhint("%s", hint) : 0,
+			 context[0] ? errcontext("%s", context) : 0,
+			 errcontext("dbpool pool \"%s\"", pool)));
+}
+
+/* Turn one 'D' record into a tuple of the caller's column list. */
+static void
+store_row(ResultSink *sink, const char **p, const char *end)
+{
+	TupleDesc	desc = sink->desc;
+	Datum	   *values;
+	bool	   *nulls;
+	MemoryContext old = MemoryContextSwitchTo(sink->rowcxt);
+	int			i;
+
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	for (i = 0; i < desc->natts; i++)
+	{
+		int32		len = get_int32(p, end);
+		char	   *str = NULL;
+
+		if (len >= 0)
+		{
+			if (end - *p < len)
+				elog(ERROR, "dbpool: truncated response from the worker");
+			resetStringInfo(&sink->value);
+			appendBinaryStringInfo(&sink->value, *p, len);
+			*p += len;
+			str = pg_any_to_server(sink->value.data, len, PG_UTF8);
+		}
+		values[i] = InputFunctionCall(&sink->attinmeta->attinfuncs[i], str,
+									  sink->attinmeta->attioparams[i],
+									  sink->attinmeta->atttypmods[i]);
+		nulls[i] = (str == NULL);
+	}
+	tuplestore_putvalues(sink->tupstore, desc, values, nulls);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(sink->rowcxt);
+}
+
+/*
+ * Parse values the way the remote side printed them (DateStyle ISO,
+ * IntervalStyle postgres), whatever this session uses.  Returns the GUC nest
+ * level to pop, or -1 if nothing had to change.
+ */
+static int
+set_parse_settings(void)
+{
+	int			nest;
+
+	if (DateStyle == USE_ISO_DATES && IntervalStyle == INTSTYLE_POSTGRES)
+		return -1;
+	nest = NewGUCNestLevel();
+	if (DateStyle != USE_ISO_DATES)
+		(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (IntervalStyle != INTSTYLE_POSTGRES)
+		(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+/* Read records until the final one; rows go to sink, the status is returned. */
+static char *
+receive_response(ResultSink *sink, const char *pool, volatile bool *finished)
+{
+	for (;;)
+	{
+		const char *data;
+		Size		len;
+		const char *p;
+		const char *end;
+
+		DbpoolChannelReceive(&data, &len);
+		p = data;
+		end = data + len;
+		while (p < end)
+		{
+			char		type = *p++;
+
+			switch (type)
+			{
+				case DBPOOL_REC_ROWDESC:
+					{
+						int32		natts = get_int32(&p, end);
+
+						if (sink && natts != sink->desc->natts)
+							ereport(ERROR,
+									(errcode(ERRCODE_DATATYPE_MISMATCH),
+									 errmsg("remote query result rowtype does not match the specified FROM clause rowtype"),
+									 errdetail("The remote query returned %d columns; the column definition list has %d.",
+											   natts, sink->desc->natts),
+									 errcontext("dbpool pool \"%s\"", pool)));
+						break;
+					}
+				case DBPOOL_REC_ROW:
+					if (sink)
+						store_row(sink, &p, end);
+					else
+						elog(ERROR, "dbpool: unexpected row from the worker");
+					break;
+				case DBPOOL_REC_COMPLETE:
+					*finished = true;
+					return get_text(&p, end);
+				case DBPOOL_REC_ERROR:
+					*finished = true;
+					raise_error(&p, end, pool);
+					break;
+				default:
+					elog(ERROR, "dbpool: unexpected record type %d from the worker", type);
+			}
+		}
+	}
+}
+
+/* Run sql on the pool; rows go to sink (NULL: none wanted).  Returns the command status. */
+static char *
+run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
+{
+	char	   *pool;
+	char	   *sql;
+	ArrayType  *params;
+	PoolRef		ref;
+	StringInfoData req;
+	char	   *volatile status = NULL;
+	volatile bool finished = false;
+	volatile int nest;
+
+	DbpoolCheckLoaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("pool name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("query text must not be null")));
+	pool = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	params = PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2);
+
+	lookup_pool(pool, &ref);
+	initStringInfo(&req);
+	build_request(&req, kind, &ref, sql, params);
+
+	nest = sink ? set_parse_settings() : -1;
+	(void) DbpoolChannelOpen();
+	PG_TRY();
+	{
+		DbpoolChannelSend(req.data, req.len);
+		status = receive_response(sink, ref.name, &finished);
+	}
+	PG_CATCH();
+	{
+		if (!finished)
+			DbpoolChannelAbandon();	/* the worker cancels the remote query */
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (nest >= 0)
+		AtEOXact_GUC(true, nest);
+	pfree(req.data);
+	return status;
+}
+
+/* dbpool_query(pool, sql, params): the rows of sql run on the pool. */
+Datum
+dbpool_query(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ResultSink	sink;
+
+	DbpoolCheckLoaded();
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || rsinfo->expectedDesc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("a column definition list is required for dbpool_query"),
+				 errhint("Call it in FROM, for example SELECT * FROM dbpool_query('pool', 'SELECT 1') AS t(x int).")));
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	sink.tupstore = rsinfo->setResult;
+	sink.desc = rsinfo->setDesc;
+	sink.attinmeta = TupleDescGetAttInMetadata(rsinfo->setDesc);
+	sink.rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dbpool row",
+										ALLOCSET_SMALL_SIZES);
+	initStringInfo(&sink.value);
+	(void) run_request(DBPOOL_REQ_QUERY, fcinfo, &sink);
+	MemoryContextDelete(sink.rowcxt);
+	return (Datum) 0;
+}
+
+/* dbpool_exec(pool, sql, params): the command status of sql run on the pool. */
+Datum
+dbpool_exec(PG_FUNCTION_ARGS)
+{
+	char	   *status = run_request(DBPOOL_REQ_EXEC, fcinfo, NULL);
+
+	PG_RETURN_TEXT_P(cstring_to_text(status));
+}

@@ -1,0 +1,193 @@
+/*
+ * shmem.c
+ *		dbpool's shared memory: the pool registry and one channel per backend.
+ *
+ * Layout (one ShmemInitStruct, "dbpool"):
+ *	DbpoolShared, with dbpool.max_pools DbpoolPoolSlots
+ *	the pending bitmap: one bit per channel, pg_atomic_uint64 words
+ *	MaxBackends channels, each a DbpoolChannel, a request shm_mq of
+ *	DBPOOL_REQUEST_QUEUE_SIZE bytes and a response shm_mq of dbpool.queue_size.
+ *
+ * Locking and ownership rules:
+ *	- The pool registry (pools[]) is written only by the worker, under
+ *	  DbpoolShmem->lock in exclusive mode.  Backends read it under the lock in
+ *	  shared mode and copy what they need; they never keep pointers into it.
+ *	  The gauges in a slot are atomics the worker writes without the lock.
+ *	- worker_pid, worker_proc, worker_gen, database_checked and last_wait_log
+ *	  are protected by DbpoolShmem->mutex (a spinlock: a few loads/stores).
+ *	- config_requested is bumped by any backend whose transaction changed the
+ *	  configuration, at commit; config_applied is written by the worker only.
+ *	- Channel i belongs to the backend with BackendId i + 1.  Its state is
+ *	  protected by the channel's spinlock and moves only:
+ *		FREE -> ACTIVE			backend, after creating the queues
+ *		ACTIVE -> ABANDONED		backend, leaving a request unfinished or exiting
+ *		ABANDONED -> FREE		worker, once it has dropped its handles
+ *	  A backend may also recreate queues in any state when worker_gen shows
+ *	  that the worker which knew them is gone.  Queues live in main shared
+ *	  memory: they are never detached automatically, hence the exit callbacks
+ *	  in channel.c and worker.c.
+ *	- The pending bitmap is set by backends (fetch-or) and cleared by the
+ *	  worker (exchange); a set bit says "look at this channel".
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+
+#include "dbpool.h"
+
+DbpoolShared *DbpoolShmem = NULL;
+
+/* Size of one backend's response queue, from dbpool.queue_size. */
+Size
+DbpoolResponseQueueSize(void)
+{
+	return MAXALIGN((Size) DbpoolQueueSizeKb * 1024);
+}
+
+/* Size of one channel: header plus both queues. */
+static Size
+channel_stride(void)
+{
+	return MAXALIGN(sizeof(DbpoolChannel)) + MAXALIGN(DBPOOL_REQUEST_QUEUE_SIZE) +
+		DbpoolResponseQueueSize();
+}
+
+/* Number of 64-bit words in the pending bitmap. */
+static int
+pending_words(void)
+{
+	return (MaxBackends + 63) / 64;
+}
+
+/* Size of the header with its pool slots. */
+static Size
+header_size(void)
+{
+	return MAXALIGN(add_size(offsetof(DbpoolShared, pools),
+							 mul_size(sizeof(DbpoolPoolSlot), DbpoolMaxPools)));
+}
+
+/* Total shared memory dbpool needs. */
+static Size
+dbpool_shmem_size(void)
+{
+	Size		size = header_size();
+
+	size = add_size(size, MAXALIGN(mul_size(sizeof(pg_atomic_uint64), pending_words())));
+	size = add_size(size, mul_size(channel_stride(), MaxBackends));
+	return size;
+}
+
+/* shmem_request_hook: reserve memory and the registry's LWLock. */
+void
+DbpoolShmemRequest(void)
+{
+	RequestAddinShmemSpace(dbpool_shmem_size());
+	RequestNamedLWLockTranche("dbpool", 1);
+}
+
+/* shmem_startup_hook: create (postmaster) or attach to (EXEC_BACKEND) the memory. */
+void
+DbpoolShmemStartup(void)
+{
+	bool		found;
+	char	   *base;
+	int			i;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	base = ShmemInitStruct("dbpool", dbpool_shmem_size(), &found);
+	DbpoolShmem = (DbpoolShared *) base;
+	if (!found)
+	{
+		memset(base, 0, header_size());
+		DbpoolShmem->lock = &(GetNamedLWLockTranche("dbpool"))->lock;
+		SpinLockInit(&DbpoolShmem->mutex);
+		pg_atomic_init_u64(&DbpoolShmem->config_requested, 1);
+		pg_atomic_init_u64(&DbpoolShmem->config_applied, 0);
+		DbpoolShmem->next_pool_id = 1;
+		for (i = 0; i < DbpoolMaxPools; i++)
+		{
+			DbpoolPoolSlot *slot = &DbpoolShmem->pools[i];
+
+			pg_atomic_init_u32(&slot->total_conns, 0);
+			pg_atomic_init_u32(&slot->idle_conns, 0);
+			pg_atomic_init_u32(&slot->active_conns, 0);
+			pg_atomic_init_u32(&slot->waiting, 0);
+		}
+	}
+	/* pointers are per process (EXEC_BACKEND maps elsewhere): always recompute */
+	DbpoolShmem->pending = (pg_atomic_uint64 *) (base + header_size());
+	DbpoolShmem->channels = base + header_size() +
+		MAXALIGN(sizeof(pg_atomic_uint64) * pending_words());
+	DbpoolShmem->channel_stride = channel_stride();
+	DbpoolShmem->nchannels = MaxBackends;
+	if (!found)
+	{
+		for (i = 0; i < pending_words(); i++)
+			pg_atomic_init_u64(&DbpoolShmem->pending[i], 0);
+		for (i = 0; i < MaxBackends; i++)
+		{
+			DbpoolChannel *ch = DbpoolChannelAt(i);
+
+			memset(ch, 0, sizeof(DbpoolChannel));
+			SpinLockInit(&ch->mutex);
+			ch->state = DBPOOL_CHANNEL_FREE;
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* The channel of the backend with BackendId index + 1. */
+DbpoolChannel *
+DbpoolChannelAt(int index)
+{
+	Assert(index >= 0 && index < DbpoolShmem->nchannels);
+	return (DbpoolChannel *) (DbpoolShmem->channels + DbpoolShmem->channel_stride * index);
+}
+
+/* The channel's backend -> worker queue. */
+shm_mq *
+DbpoolChannelRequestQueue(DbpoolChannel *ch)
+{
+	return (shm_mq *) ((char *) ch + MAXALIGN(sizeof(DbpoolChannel)));
+}
+
+/* The channel's worker -> backend queue. */
+shm_mq *
+DbpoolChannelResponseQueue(DbpoolChannel *ch)
+{
+	return (shm_mq *) ((char *) ch + MAXALIGN(sizeof(DbpoolChannel)) +
+					   MAXALIGN(DBPOOL_REQUEST_QUEUE_SIZE));
+}
+
+/* Tell the worker that channel index has news (a request, an attach, an abandon). */
+void
+DbpoolChannelMarkPending(int index)
+{
+	pg_atomic_fetch_or_u64(&DbpoolShmem->pending[index / 64],
+						   UINT64CONST(1) << (index % 64));
+}
+
+/* Set the worker's latch, if a worker is running. */
+void
+DbpoolWakeWorker(void)
+{
+	PGPROC	   *proc;
+
+	SpinLockAcquire(&DbpoolShmem->mutex);
+	proc = DbpoolShmem->worker_pid != 0 ? DbpoolShmem->worker_proc : NULL;
+	SpinLockRelease(&DbpoolShmem->mutex);
+	if (proc)
+		SetLatch(&proc->procLatch);
+}
+
+/* Ask the worker to re-read the configuration table. */
+void
+DbpoolRequestReconcile(void)
+{
+	pg_atomic_fetch_add_u64(&DbpoolShmem->config_requested, 1);
+	DbpoolWakeWorker();
+}

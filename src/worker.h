@@ -1,0 +1,214 @@
+/*
+ * worker.h
+ *		The dbpool worker's private structures.  Everything here lives in the
+ *		worker's own memory (DbpoolWorkerContext) and is touched only by the
+ *		worker's single thread; the cancel threads of cancel.c see none of it.
+ */
+#ifndef DBPOOL_WORKER_H
+#define DBPOOL_WORKER_H
+
+#include "lib/ilist.h"
+#include "lib/stringinfo.h"
+#include "libpq-fe.h"
+#include "nodes/pg_list.h"
+
+#include "dbpool.h"
+
+typedef struct WorkerConn WorkerConn;
+typedef struct WorkerPool WorkerPool;
+typedef struct DbpoolCancel DbpoolCancel;
+
+/* A request's place in its life. */
+typedef enum RequestState
+{
+	REQ_NONE,					/* no request on this channel */
+	REQ_WAITING,				/* in its pool's wait queue */
+	REQ_RUNNING					/* on a connection */
+} RequestState;
+
+/* The worker's view of one backend's channel, and the request on it. */
+typedef struct WorkerChannel
+{
+	int			index;
+	bool		attached;
+	uint32		attach_seq;
+	shm_mq_handle *inq;			/* requests from the backend */
+	shm_mq_handle *outq;		/* responses to the backend */
+	PGPROC	   *backend;
+	pid_t		backend_pid;
+
+	/* the current request */
+	RequestState state;
+	StringInfoData req;			/* private copy of the request message */
+	char		kind;
+	int			nparams;		/* -1: simple protocol */
+	const char *sql;
+	const char **params;		/* nparams pointers into req */
+	int			params_alloc;
+	WorkerPool *pool;
+	WorkerConn *conn;
+	dlist_node	wait_node;		/* in pool->waiters while REQ_WAITING */
+	TimestampTz enqueued_at;
+	TimestampTz acquire_deadline;
+
+	/*
+	 * The response: records accumulate in out; a message being sent sits in
+	 * sending and must be offered again unchanged while the queue is full.
+	 */
+	StringInfoData out;
+	bool		out_final;		/* out holds the final record */
+	StringInfoData sending;
+	bool		sending_final;
+	dlist_node	blocked_node;	/* in the worker's blocked list while out is pending */
+	bool		blocked;
+} WorkerChannel;
+
+#define CLEANUP_ROLLBACK	1	/* a request left a transaction open */
+#define CLEANUP_RESET		2	/* the pool's reset_query */
+
+typedef enum ConnState
+{
+	CONN_CONNECTING,
+	CONN_IDLE,
+	CONN_ACTIVE,				/* running a request (or draining an orphaned one) */
+	CONN_CLEANUP				/* ROLLBACK or reset_query after a request */
+} ConnState;
+
+/* One outbound connection. */
+struct WorkerConn
+{
+	dlist_node	pool_node;		/* in pool->conns */
+	dlist_node	idle_node;		/* in pool->idle while CONN_IDLE */
+	WorkerPool *pool;
+	PGconn	   *pg;
+	ConnState	state;
+	pgsocket	sock;
+	int			wait_pos;		/* position in the WaitEventSet, -1 if none */
+	uint32		wait_events;	/* events registered there */
+	bool		readable;		/* reported by the last wait */
+	bool		writable;
+	PostgresPollingStatusType poll;	/* while CONN_CONNECTING */
+	bool		flushing;		/* output not yet flushed */
+	TimestampTz created_at;
+	TimestampTz state_since;
+	TimestampTz deadline;		/* connect, query, cancel or drop deadline; 0 = none */
+	uint32		conninfo_gen;	/* pool->conninfo_gen when opened */
+	bool		retire;			/* close instead of returning to the pool */
+
+	/* the request */
+	WorkerChannel *ch;			/* NULL once orphaned (client gone or answered) */
+	bool		orphaned;		/* the results are drained and dropped */
+	DbpoolCancel *cancel;		/* a cancel request in flight */
+	bool		has_fd;			/* holds an AcquireExternalFD reservation */
+	bool		result_started;	/* a 'T' was sent for the current result set */
+	char		status[64];		/* command status of the last statement */
+	StringInfoData error;		/* the first error record, if any */
+	int			cleanup_step;	/* CLEANUP_* */
+};
+
+/* One pool: its settings, connections and waiting requests. */
+struct WorkerPool
+{
+	dlist_node	node;			/* in the worker's list of pools */
+	int			slot;			/* index in DbpoolShmem->pools */
+	uint64		pool_id;
+	char		name[DBPOOL_NAME_LEN];
+	DbpoolSettings settings;
+	char	   *conninfo;		/* with password: worker memory only */
+	uint32		conninfo_gen;
+	const char **keywords;		/* connection parameters built from conninfo */
+	const char **values;
+	int			connect_timeout_ms;
+	bool		owner_is_superuser;
+	bool		dropping;
+	TimestampTz drop_deadline;
+
+	dlist_head	conns;
+	dlist_head	idle;			/* most recently used first */
+	dlist_head	waiters;		/* FIFO */
+	int			nconns;
+	int			nidle;
+	int			nconnecting;
+	int			nwaiting;
+
+	TimestampTz next_connect_at;	/* backoff after failures, for min_size */
+	int			backoff_ms;
+	bool		ever_connected;
+	bool		unreachable;
+};
+
+/* worker.c */
+extern MemoryContext DbpoolWorkerContext;
+extern dlist_head DbpoolWorkerPools;
+extern int	DbpoolWorkerTotalConns;
+extern void DbpoolWorkerSocketsChanged(void);
+extern void DbpoolWorkerBlocked(WorkerChannel *ch);
+extern void DbpoolWorkerDeadline(TimestampTz t);
+extern bool DbpoolWorkerServeNeeded;
+
+/* channel.c, worker side */
+extern WorkerChannel *DbpoolWorkerChannels;
+extern void DbpoolWorkerChannelsInit(void);
+extern void DbpoolWorkerProcessPending(void);
+extern void DbpoolWorkerDetachAll(void);
+extern bool DbpoolChannelFlush(WorkerChannel *ch);
+extern void DbpoolChannelReply(WorkerChannel *ch);
+extern void DbpoolChannelAddRowDesc(WorkerChannel *ch, int natts);
+extern void DbpoolChannelAddRow(WorkerChannel *ch, const PGresult *res, int row);
+extern void DbpoolChannelAddComplete(WorkerChannel *ch, const char *status);
+extern void DbpoolChannelAddRecord(WorkerChannel *ch, const StringInfo rec);
+extern void DbpoolChannelFinishRequest(WorkerChannel *ch);
+extern void DbpoolErrorRecord(StringInfo buf, const char *sqlstate, const char *message,
+							  const char *detail, const char *hint, const char *context);
+extern void DbpoolErrorRecordFromResult(StringInfo buf, const PGresult *res);
+extern void DbpoolChannelError(WorkerChannel *ch, const char *sqlstate, const char *message,
+							   const char *detail, const char *hint);
+
+/* pool.c */
+extern WorkerPool *DbpoolPoolFind(const char *name);
+extern WorkerPool *DbpoolPoolBySlot(int slot, uint64 pool_id);
+extern void DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch);
+extern void DbpoolPoolForget(WorkerChannel *ch);
+extern void DbpoolPoolRelease(WorkerConn *conn);
+extern void DbpoolPoolConnFailed(WorkerPool *pool, const char *sqlstate, const char *message,
+								 const char *detail, const char *hint);
+extern void DbpoolPoolConnClosed(WorkerPool *pool);
+extern void DbpoolPoolConnected(WorkerConn *conn);
+extern void DbpoolPoolTick(TimestampTz now);
+extern void DbpoolPoolServeAll(void);
+extern void DbpoolPoolPublish(WorkerPool *pool);
+extern void DbpoolPoolReconcile(List *configs);
+extern void DbpoolPoolCloseAll(void);
+
+/* conn.c */
+extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
+extern void DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch);
+extern void DbpoolConnProcess(WorkerConn *conn);
+extern void DbpoolConnOrphan(WorkerConn *conn);
+extern void DbpoolConnClose(WorkerConn *conn);
+extern void DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now);
+extern uint32 DbpoolConnWantedEvents(WorkerConn *conn);
+extern bool DbpoolConnPollCancel(WorkerConn *conn);
+extern int	DbpoolAwaitingCancels;
+extern void DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const char *message,
+								  const char *detail, const char *hint);
+
+/* cancel.c */
+extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);
+extern bool DbpoolCancelDone(DbpoolCancel *c);
+extern void DbpoolCancelForget(DbpoolCancel *c);
+
+/* A pool's configuration as read from the table (worker.c -> pool.c). */
+typedef struct PoolConfig
+{
+	char		name[DBPOOL_NAME_LEN];
+	char	   *conninfo;
+	DbpoolSettings settings;
+	Oid			owner;
+	bool		owner_is_superuser;
+	TimestampTz created_at;
+	int			ngrantees;
+	Oid			grantees[DBPOOL_MAX_GRANTEES];
+} PoolConfig;
+
+#endif							/* DBPOOL_WORKER_H */
