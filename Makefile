@@ -27,7 +27,7 @@ SHLIB_LINK = -L$(shell $(PG_CONFIG) --libdir) -lpq -lpthread
 # of the same server.  TAP (test/t) deletes tmp_check, so the regress instance lives elsewhere.
 REGRESS = setup admin query security
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress --temp-config=$(srcdir)/test/regress.conf \
-	--port=25431 --load-extension=dbpool
+	--port=25431 --load-extension=dbpool --encoding=UTF8 --no-locale
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out

@@ -132,7 +132,11 @@ typedef struct AdminSpi
 	int			nest;
 } AdminSpi;
 
-/* Connect SPI as the bootstrap superuser, with a safe search_path. */
+/*
+ * Connect SPI as the bootstrap superuser, with a safe search_path.  After
+ * this, GetUserId() and superuser() describe the bootstrap superuser: use
+ * s->saved_user for the caller.
+ */
 static void
 spi_begin(AdminSpi *s)
 {
@@ -165,11 +169,11 @@ spi_run(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls
 	return SPI_processed;
 }
 
-/* Raise 42501 unless the current user is a superuser or has the owner's privileges. */
+/* Raise 42501 unless the caller is a superuser or has the owner's privileges. */
 static void
-check_owner(const char *pool, Oid owner)
+check_owner(const char *pool, Oid owner, Oid caller)
 {
-	if (!superuser() && !has_privs_of_role(GetUserId(), owner))
+	if (!superuser_arg(caller) && !has_privs_of_role(caller, owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of pool \"%s\"", pool)));
@@ -300,6 +304,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 	DbpoolValidateSettings(&s);
 	DbpoolValidateConninfo(conninfo, superuser());
 
+	/* from here on SPI runs as the bootstrap superuser: the caller is spi.saved_user */
 	spi_begin(&spi);
 	spi_run(psprintf("SELECT count(*) FROM %s", ext_table("dbpool_config")),
 			0, NULL, NULL, NULL, SPI_OK_SELECT);
@@ -310,7 +315,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 				 errmsg("cannot create pool \"%s\": dbpool.max_pools (%d) pools exist", name,
 						DbpoolMaxPools),
 				 errhint("Drop a pool, or raise dbpool.max_pools and restart the server.")));
-	if (write_pool(name, conninfo, &s, GetUserId()) == 0)
+	if (write_pool(name, conninfo, &s, spi.saved_user) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pool \"%s\" already exists", name)));
@@ -372,7 +377,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 
 	spi_begin(&spi);
 	owner = lock_pool(name);
-	check_owner(name, owner);
+	check_owner(name, owner, spi.saved_user);
 
 	/* current values */
 	values[0] = CStringGetTextDatum(name);
@@ -478,7 +483,7 @@ dbpool_drop_pool(PG_FUNCTION_ARGS)
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
 	spi_begin(&spi);
-	check_owner(name, lock_pool(name));
+	check_owner(name, lock_pool(name), spi.saved_user);
 	values[0] = CStringGetTextDatum(name);
 	spi_run(psprintf("DELETE FROM %s WHERE name = $1", ext_table("dbpool_config")),
 			1, types, values, NULL, SPI_OK_DELETE);
@@ -506,7 +511,7 @@ change_usage(FunctionCallInfo fcinfo, bool grant)
 				 errmsg("role must not be null")));
 	role = PG_GETARG_OID(1);
 	spi_begin(&spi);
-	check_owner(name, lock_pool(name));
+	check_owner(name, lock_pool(name), spi.saved_user);
 	values[0] = CStringGetTextDatum(name);
 	values[1] = ObjectIdGetDatum(role);
 	if (grant)

@@ -128,6 +128,9 @@ parse_conninfo(const char *conninfo)
 
 		if (err)
 			PQfreemem(err);
+		/* libpq may echo the string: never when it could hold a password */
+		if (strstr(conninfo, "password") != NULL || strstr(conninfo, "://") != NULL)
+			msg = pstrdup("libpq could not parse it; its message is withheld because the string may contain a password.");
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for conninfo"),

@@ -80,7 +80,7 @@ dbpool_pools(PG_FUNCTION_ARGS)
 			c++;
 		}
 		if (owner)
-			values[c] = CStringGetTextDatum(owner);
+			values[c] = DirectFunctionCall1(namein, CStringGetDatum(owner));
 		else
 			nulls[c] = true;
 		c++;

@@ -17,7 +17,12 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
@@ -102,6 +107,26 @@ wait_log_due(void)
 	return due;
 }
 
+/* Whether dbpool.database exists, by a heap scan (no database selected: no index scans). */
+static bool
+database_exists(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && (tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tup))->datname), DbpoolDatabase) == 0;
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
+}
+
 /*
  * Without a database yet: wait until dbpool.database exists, then exit so
  * that the restarted worker connects to it.  Connecting to a missing database
@@ -113,12 +138,7 @@ wait_for_database(void)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	for (;;)
 	{
-		bool		exists;
-
-		StartTransactionCommand();
-		exists = OidIsValid(get_database_oid(DbpoolDatabase, true));
-		CommitTransactionCommand();
-		if (exists)
+		if (database_exists())
 		{
 			SpinLockAcquire(&DbpoolShmem->mutex);
 			DbpoolShmem->database_checked = true;
@@ -456,6 +476,15 @@ DbpoolWorkerMain(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(DbpoolDatabase, NULL, 0);
 	pgstat_report_appname("dbpool worker");
+
+	/*
+	 * libpq reads these from the environment the postmaster was started with
+	 * and would override the remote session settings dbpool relies on
+	 * (application_name, DateStyle for parsing values).
+	 */
+	unsetenv("PGAPPNAME");
+	unsetenv("PGDATESTYLE");
+	unsetenv("PGGEQO");
 
 	DbpoolWorkerContext = AllocSetContextCreate(TopMemoryContext, "dbpool worker",
 												ALLOCSET_DEFAULT_SIZES);

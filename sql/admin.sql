@@ -1,0 +1,82 @@
+-- Pool administration: validation, live changes, drop, transactions.
+
+-- names
+SELECT err($$SELECT dbpool_create_pool('', 'dbname=x')$$);
+SELECT err($$SELECT dbpool_create_pool('a b', 'dbname=x')$$);
+SELECT err($$SELECT dbpool_create_pool(repeat('n', 64), 'dbname=x')$$);
+SELECT err($$SELECT dbpool_create_pool(NULL, 'dbname=x')$$);
+SELECT err($$SELECT dbpool_create_pool('x', NULL)$$);
+-- conninfo is parsed by libpq
+SELECT err($$SELECT dbpool_create_pool('x', 'nonsense')$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x bogus=1 password=s3cret')$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'postgresql://u:s3cret@[::1')$$);
+-- sizes and timeouts
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', min_size => 5, max_size => 2)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', max_size => 0)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', max_size => 21)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', min_size => -1)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', acquire_timeout_ms => -1)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', query_timeout_ms => -5)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', idle_timeout_ms => NULL)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', reset_query => repeat('x', 2000))$$);
+-- duplicates
+SELECT err($$SELECT dbpool_create_pool('regress', 'dbname=x')$$);
+-- none of that left a pool behind
+SELECT name FROM dbpool_pools ORDER BY name;
+
+-- the password never shows
+SELECT dbpool_create_pool('masked', 'host=127.0.0.1 port=1 user=u password=s3cret dbname=x',
+                          min_size => 0, max_size => 1, reset_query => 'DISCARD ALL');
+SELECT name, conninfo, reset_query, state FROM dbpool_pools WHERE name = 'masked';
+SELECT count(*) AS password_visible FROM dbpool_pools WHERE conninfo LIKE '%s3cret%';
+
+-- alter: any subset of settings, validated like create
+SELECT dbpool_alter_pool('masked', '{"max_size": 3, "acquire_timeout_ms": 100, "reset_query": null}');
+SELECT name, max_size, acquire_timeout_ms, reset_query FROM dbpool_pools WHERE name = 'masked';
+SELECT dbpool_alter_pool('masked', '{"conninfo": "host=127.0.0.2 port=2 dbname=y password=n3w"}');
+SELECT conninfo FROM dbpool_pools WHERE name = 'masked';
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"max_sise": 3}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"max_size": "3"}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"max_size": 2.5}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"max_size": 99999999999}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"min_size": 4}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"conninfo": "bogus=1"}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"conninfo": 5}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '[1]')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', NULL)$$);
+SELECT err($$SELECT dbpool_alter_pool('nope', '{}')$$);
+-- a failed alter changed nothing
+SELECT name, min_size, max_size FROM dbpool_pools WHERE name = 'masked';
+
+-- a foreign server that is down: a clear error at once, and the pool is marked
+SELECT err($$SELECT * FROM dbpool_query('masked', 'SELECT 1') AS t(x int)$$);
+SELECT state FROM dbpool_pools WHERE name = 'masked';
+
+-- a rolled-back create leaves no pool; a committed one is usable at once
+BEGIN;
+SELECT dbpool_create_pool('temp', (SELECT conninfo FROM fconn), min_size => 0);
+ROLLBACK;
+SELECT err($$SELECT * FROM dbpool_query('temp', 'SELECT 1') AS t(x int)$$);
+SELECT dbpool_create_pool('temp', (SELECT conninfo FROM fconn), min_size => 0);
+SELECT * FROM dbpool_query('temp', 'SELECT 1') AS t(x int);
+
+-- drop
+SELECT dbpool_drop_pool('temp');
+SELECT err($$SELECT * FROM dbpool_query('temp', 'SELECT 1') AS t(x int)$$);
+SELECT err($$SELECT dbpool_drop_pool('temp')$$);
+SELECT err($$SELECT dbpool_drop_pool(NULL)$$);
+SELECT dbpool_drop_pool('masked');
+SELECT name FROM dbpool_pools ORDER BY name;
+
+-- dbpool.max_pools (6 in this test instance)
+SELECT dbpool_create_pool('m' || g, 'dbname=x', min_size => 0) FROM generate_series(1, 5) g;
+SELECT err($$SELECT dbpool_create_pool('m6', 'dbname=x', min_size => 0)$$);
+SELECT dbpool_drop_pool('m' || g) FROM generate_series(1, 5) g;
+SELECT name FROM dbpool_pools ORDER BY name;
+
+-- the configuration table is superusers' only and dumped
+SELECT c.relname, pg_catalog.has_table_privilege('public', c.oid, 'SELECT') AS public_can_read,
+       c.oid = ANY (e.extconfig) AS dumped
+  FROM pg_class c, pg_extension e
+ WHERE e.extname = 'dbpool' AND c.relname IN ('dbpool_config', 'dbpool_grant')
+ ORDER BY 1;
