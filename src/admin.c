@@ -43,13 +43,13 @@ admin_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_PREPARE:
 			if (config_changed)
 				DbpoolRequestReconcile();
 			config_changed = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:	/* COMMIT PREPARED: a lookup miss or the refresh finds it */
 			config_changed = false;
 			break;
 		default:

@@ -5,8 +5,9 @@
  * PQcancel blocks (it connects to the server and waits for the reply) and on
  * PostgreSQL 15 has no non-blocking form.  libpq documents it as safe to call
  * from another thread, so each cancel runs in a short-lived detached thread
- * that calls nothing but PQcancel and PQfreeCancel, with every signal blocked
- * (PostgreSQL's handlers must run in the worker's own thread).  The thread
+ * that calls only PQcancel, PQfreeCancel, free, atomics and SetLatch (a
+ * store and a kill(), as in a signal handler), with every signal blocked:
+ * PostgreSQL's handlers must run in the worker's own thread.  The thread
  * sets the worker's latch when it is done; the connection is not reused
  * before then, so a late cancel can never hit the next client's query.
  *

@@ -6,9 +6,9 @@
  *	  CLEANUP (ROLLBACK if a transaction was left open, reset_query, waiting
  *	  for an in-flight cancel to land) --> IDLE, or closed.
  *
- * Every state but IDLE has a deadline (connect_timeout, query_timeout_ms,
- * DBPOOL_CANCEL_GRACE_MS); past it the request is answered and the
- * connection cancelled or closed.  Results stream into the client's channel
+ * CONNECTING, CLEANUP and a cancelled ACTIVE have deadlines (connect_timeout,
+ * DBPOOL_CANCEL_GRACE_MS), and ACTIVE has query_timeout_ms when set; past a
+ * deadline the request is answered and the connection cancelled or closed.  Results stream into the client's channel
  * in single-row mode; while the channel is full the socket is not read
  * (DbpoolConnWantedEvents drops it from the wait set), so memory stays
  * bounded whatever the result size.

@@ -2,7 +2,8 @@
  * pool.c
  *		Pools in the worker: acquire, the FIFO wait queue, sizing, housekeeping
  *		(min_size, idle_timeout, max_lifetime), and reconciling the pools with
- *		the configuration table.  Also the only writer of the shared registry.
+ *		the configuration table.  Writes the shared registry (worker.c only
+ *		clears it at start-up).
  */
 #include "postgres.h"
 
@@ -630,7 +631,6 @@ DbpoolPoolCloseAll(void)
 		WorkerPool *pool = dlist_container(WorkerPool, node, it.cur);
 		dlist_mutable_iter cit;
 
-		pool->dropping = true;
 		dlist_foreach_modify(cit, &pool->conns)
 			DbpoolConnClose(dlist_container(WorkerConn, pool_node, cit.cur));
 	}

@@ -56,24 +56,34 @@ lookup_pool(const char *name, PoolRef *ref)
 	bool		found = false;
 	Oid			user = GetUserId();
 	int			i;
+	int			attempt;
 
 	DbpoolWaitForReconcile();
-	LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
-	for (i = 0; i < DbpoolMaxPools; i++)
+	for (attempt = 0; attempt < 2 && !found; attempt++)
 	{
-		DbpoolPoolSlot *slot = &DbpoolShmem->pools[i];
+		if (attempt == 1)
+		{
+			/* a miss: the table may have changed without us (a restore); re-read once */
+			DbpoolRequestReconcile();
+			DbpoolWaitForReconcile();
+		}
+		LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
+		for (i = 0; i < DbpoolMaxPools; i++)
+		{
+			DbpoolPoolSlot *slot = &DbpoolShmem->pools[i];
 
-		if (!slot->in_use || slot->state == DBPOOL_POOL_DROPPING || strcmp(slot->name, name) != 0)
-			continue;
-		found = true;
-		ref->slot = i;
-		ref->pool_id = slot->pool_id;
-		owner = slot->owner;
-		ngrantees = slot->ngrantees;
-		memcpy(grantees, slot->grantees, sizeof(Oid) * ngrantees);
-		break;
+			if (!slot->in_use || slot->state == DBPOOL_POOL_DROPPING || strcmp(slot->name, name) != 0)
+				continue;
+			found = true;
+			ref->slot = i;
+			ref->pool_id = slot->pool_id;
+			owner = slot->owner;
+			ngrantees = slot->ngrantees;
+			memcpy(grantees, slot->grantees, sizeof(Oid) * ngrantees);
+			break;
+		}
+		LWLockRelease(DbpoolShmem->lock);
 	}
-	LWLockRelease(DbpoolShmem->lock);
 	if (!found)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -351,12 +361,13 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	params = PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2);
 
+	/* the worker first: a restarted worker re-reads the pools before we look */
+	(void) DbpoolChannelOpen();
 	lookup_pool(pool, &ref);
 	initStringInfo(&req);
 	build_request(&req, kind, &ref, sql, params);
 
 	nest = sink ? set_parse_settings() : -1;
-	(void) DbpoolChannelOpen();
 	PG_TRY();
 	{
 		DbpoolChannelSend(req.data, req.len);

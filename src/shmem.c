@@ -12,7 +12,8 @@
  *	- The pool registry (pools[]) is written only by the worker, under
  *	  DbpoolShmem->lock in exclusive mode.  Backends read it under the lock in
  *	  shared mode and copy what they need; they never keep pointers into it.
- *	  The gauges in a slot are atomics the worker writes without the lock.
+ *	  The gauges (atomics) and state (an int) in a slot are written by the
+ *	  worker without the lock; readers may see them a moment stale.
  *	- worker_pid, worker_proc, worker_gen, database_checked and last_wait_log
  *	  are protected by DbpoolShmem->mutex (a spinlock: a few loads/stores).
  *	- config_requested is bumped by any backend whose transaction changed the

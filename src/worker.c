@@ -10,10 +10,11 @@
  * retries responses that a full queue held back, drives every connection that
  * has socket events, and runs housekeeping when a deadline is due.
  *
- * It never blocks on the network (non-blocking libpq; cancels in threads,
+ * It never waits on the network (non-blocking libpq; cancels in threads,
  * cancel.c) and never raises an ERROR for a remote or client problem.  Its
- * only blocking work is the short read of the configuration table, done with
- * a lock_timeout so that a lock on the table cannot stall the pools.
+ * blocking work is the short read of the configuration table, done with a
+ * lock_timeout so that a lock on the table cannot stall the pools, and the
+ * host name lookup inside PQconnectStartParams (use hostaddr to avoid it).
  */
 #include "postgres.h"
 
@@ -143,7 +144,7 @@ wait_for_database(void)
 			SpinLockAcquire(&DbpoolShmem->mutex);
 			DbpoolShmem->database_checked = true;
 			SpinLockRelease(&DbpoolShmem->mutex);
-			proc_exit(1);		/* restarted at once, connected to it */
+			proc_exit(1);		/* restarted after bgw_restart_time (1 s), connected to it */
 		}
 		if (wait_log_due())
 			ereport(LOG,

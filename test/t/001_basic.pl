@@ -69,6 +69,22 @@ isnt($r->{ret}, 0, 'a column list that does not match the result is an error');
 query_ok($l, q{SELECT count(*) FROM dbpool_query('p', 'SELECT id FROM kv') AS t(id int)},
 	'7', 'pool works after the errors');
 
+query_ok($l, q{SELECT dbpool_exec('p', 'SELECT id FROM kv WHERE id < 4')}, 'SELECT 3',
+	'dbpool_exec of a SELECT returns its status');
+query_ok($l, q{SELECT * FROM dbpool_query('p', 'INSERT INTO kv VALUES (20, ''twenty'') RETURNING id, v') AS t(id int, v text)},
+	'20|twenty', 'dbpool_query of INSERT ... RETURNING returns the rows');
+query_ok($l, q{SELECT dbpool_exec('p', 'DELETE FROM kv WHERE id = 20')}, 'DELETE 1', 'and it was inserted');
+
+# Requests and values larger than any queue: a 1 MB parameter, a 300 kB statement text,
+# a 5 MB value.
+query_ok($l, q{SELECT * FROM dbpool_query('p', 'SELECT length($1), md5($1)', ARRAY[repeat('ab', 500000)]) AS t(n int, h text)},
+	'1000000|' . $l->safe_psql('postgres', q{SELECT md5(repeat('ab', 500000))}),
+	'a 1 MB parameter arrives whole');
+query_ok($l, q{SELECT * FROM dbpool_query('p', 'SELECT length(''' || repeat('x', 300000) || ''')') AS t(n int)},
+	'300000', 'a 300 kB statement text arrives whole');
+query_ok($l, q{SELECT length(v), md5(v) = md5(repeat('yz', 2500000)) FROM dbpool_query('p', 'SELECT repeat(''yz'', 2500000)') AS t(v text)},
+	'5000000|t', 'a 5 MB value comes back whole');
+
 query_ok($l, q{SELECT name, min_size, max_size, acquire_timeout_ms, query_timeout_ms,
 	idle_timeout_ms, max_lifetime_ms, reset_query IS NULL, owner::text = current_user
 	FROM dbpool_pools},
@@ -118,6 +134,47 @@ is($f->safe_psql('postgres', q{SELECT to_regclass('after_begin') IS NOT NULL}), 
 ok(poll_until($f, q{SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'}, '0'),
 	'no remote session stays idle in transaction');
 
+# --- values are read the way F printed them, whatever F's or the caller's settings ------
+$f->safe_psql('postgres', q{
+	CREATE DATABASE styledb;
+	ALTER DATABASE styledb SET DateStyle = 'SQL, DMY';
+	ALTER DATABASE styledb SET IntervalStyle = 'sql_standard';
+});
+query_ok($l, 'SELECT dbpool_create_pool(' . quote_literal('styles') . ', '
+	  . quote_literal(pool_conninfo($f) =~ s/dbname=postgres/dbname=styledb/r)
+	  . ', min_size => 1, max_size => 1)', '', 'pool to a database with unusual styles');
+my $styles_sql = q{SELECT d = DATE '2024-02-03', i = interval '-1 day -2 hours',
+	ts = timestamp '2024-02-03 04:05:06.789', f = 0.1::float8 + 0.2::float8
+	FROM dbpool_query('styles', $$SELECT DATE '2024-02-03', interval '-1 day -2 hours',
+		timestamp '2024-02-03 04:05:06.789', 0.1::float8 + 0.2::float8$$)
+	AS t(d date, i interval, ts timestamp, f float8)};
+query_ok($l, $styles_sql, 't|t|t|t', "dates, intervals, floats survive F's DateStyle/IntervalStyle");
+query_ok($l, "SET DateStyle = 'German, DMY'; SET IntervalStyle = 'sql_standard'; SET extra_float_digits = -3; $styles_sql",
+	't|t|t|t', "and the caller's DateStyle/IntervalStyle/extra_float_digits");
+
+# A call must not leave session state behind that changes what the next call reads.
+query_ok($l, q{SELECT dbpool_exec('enc', 'SET DateStyle = ''SQL, DMY''')}, 'SET',
+	'a caller changes DateStyle on the remote session');
+query_ok($l, q{SELECT d FROM dbpool_query('enc', $$SELECT DATE '2024-02-03'$$) AS t(d date)},
+	'2024-02-03', 'the next call still reads dates right');
+query_ok($l, q{SELECT dbpool_exec('enc', 'SET IntervalStyle = ''sql_standard''')}, 'SET',
+	'a caller changes IntervalStyle on the remote session');
+query_ok($l, q{SELECT i = interval '-1 day -2 hours' FROM dbpool_query('enc', $$SELECT interval '-1 day -2 hours'$$) AS t(i interval)},
+	't', 'the next call still reads intervals right');
+query_ok($l, q{SELECT dbpool_exec('enc', 'SET client_encoding = ''LATIN1''')}, 'SET',
+	'a caller changes client_encoding on the remote session');
+query_ok($l, q{SELECT v = 'caf' || chr(233), length(v) FROM dbpool_query('enc', 'SELECT v FROM kv WHERE id = 10') AS t(v text)},
+	't|4', 'the next call still reads text right');
+
+# reset_query runs after each call.
+query_ok($l, "SELECT dbpool_create_pool('rq', $ci, min_size => 1, max_size => 1, reset_query => 'RESET ALL')",
+	'', 'pool with reset_query');
+query_ok($l, q{SELECT dbpool_exec('rq', 'SET search_path = nowhere')}, 'SET', 'change search_path');
+query_ok($l, q{SELECT p FROM dbpool_query('rq', 'SELECT current_setting(''search_path'')') AS t(p text)},
+	'"$user", public', 'reset_query undid it before the next call');
+query_ok($l, $cafe_sql =~ s/'enc'/'rq'/r, 't|4|636166e9', 'LATIN1 caller on a reset_query pool',
+	db => 'latin');
+
 # Administration belongs to dbpool.database only.
 $r = run_sql($l, "SELECT dbpool_create_pool('elsewhere', $ci)", db => 'latin');
 isnt($r->{ret}, 0, 'dbpool_create_pool outside dbpool.database fails');
@@ -128,6 +185,6 @@ query_ok($l, q{SELECT count(*) FROM dbpool_pools WHERE name = 'elsewhere'}, '0',
 query_ok($l, q{SELECT dbpool_drop_pool('enc')}, '', 'drop a pool');
 query_fails($l, q{SELECT * FROM dbpool_query('enc', 'SELECT 1') AS t(x int)},
 	'42704', qr/enc/, 'a dropped pool is unknown to the next statement');
-query_ok($l, q{SELECT name FROM dbpool_pools}, 'p', 'only p is left');
+query_ok($l, q{SELECT string_agg(name, ',' ORDER BY name) FROM dbpool_pools}, 'p,rq,styles', 'enc is gone');
 
 done_testing();

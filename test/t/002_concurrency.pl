@@ -63,7 +63,7 @@ cmp_ok(remote_count($f, "application_name = 'dbpool'"), '<=', 4,
 # --- resize under load --------------------------------------------------------------------
 $l->safe_psql('postgres', 'TRUNCATE obs');
 ($out, $err) = ('', '');
-my $bench = IPC::Run::start(pgbench_cmd('-c', '40', '-j', '2', '-T', '20'),
+my $bench = IPC::Run::start(pgbench_cmd('-c', '40', '-j', '2', '-T', '10'),
 	'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(600));
 
 ok(poll_until($l, 'SELECT count(*) > 0 FROM obs'), 'load is running');

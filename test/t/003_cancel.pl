@@ -104,6 +104,21 @@ ok(poll_until($f, remote_running('generate_series(1, 300000000)'), '0', 20),
 pool_works('p', 'pool works after a cancel mid-stream');
 pool_works('p', 'and again');
 
+# --- the client goes away while the worker is sending it rows -------------------------
+$bg = start_bg($l, $stream_sql);
+ok(poll_until($f, remote_running('generate_series(1, 300000000)'), '1'),
+	'streaming to a client: remote query running');
+$pid = $l->safe_psql('postgres', local_pid_query('generate_series(1, 300000000)'));
+like($pid, qr/^\d+$/, 'streaming to a client: found the local backend');
+is($l->safe_psql('postgres', "SELECT pg_terminate_backend($pid)"), 't',
+	'terminate the client mid-stream');
+($ret, $out, $err) = finish_bg($bg);
+ok(defined $ret && $ret != 0, 'the terminated client is gone');
+ok(poll_until($f, remote_running('generate_series(1, 300000000)'), '0', 20),
+	'client gone mid-stream: the remote query is gone from F');
+pool_works('p', 'pool works after a client left mid-stream');
+pool_works('p', 'and again');
+
 # --- acquire_timeout_ms, and cancel while waiting for a connection --------------------
 my $hold_a = start_bg($l, q{SELECT * FROM dbpool_query('acq_pool', 'SELECT pg_sleep(5)') AS t(x text)});
 my $hold_w = start_bg($l, q{SELECT * FROM dbpool_query('wait_pool', 'SELECT pg_sleep(5)') AS t(x text)});

@@ -73,6 +73,10 @@ run_sampling(
 	q{SELECT count(*), sum(length(v)) FROM dbpool_query('p', 'SELECT repeat(''x'', 1000) FROM generate_series(1, 200000)') AS t(v text)},
 	'200000|200000000', '200 MB of 1 kB rows');
 
+run_sampling(
+	q{SELECT count(*), sum(length(v)) FROM dbpool_query('p', 'SELECT repeat(''z'', 10000000) FROM generate_series(1, 3)') AS t(v text)},
+	'3|30000000', 'three 10 MB values');
+
 is(join(',', dbpool_worker_pids($l)), join(',', @workers), 'same worker throughout');
 query_ok($l, q{SELECT x FROM dbpool_query('p', 'SELECT 2') AS t(x int)}, '2', 'pool still answers');
 

@@ -64,6 +64,19 @@ ok(poll_until($f, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $first"
 	'the retired connection is closed on F');
 ok(poll_until($f, app_count_sql('life_pool'), '1', 30), 'F keeps min_size = 1 connection');
 
+# --- drop with a query in flight ----------------------------------------------------------
+create_pool('dropme', 'dropme_pool', 'min_size => 1, max_size => 2');
+my $bg = start_bg($l, q{SELECT x FROM dbpool_query('dropme', 'SELECT pg_sleep(2), 5') AS t(s text, x int)});
+ok(poll_until($f, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dropme_pool' AND state = 'active'", '1'),
+	'a query of dropme is running');
+query_ok($l, q{SELECT dbpool_drop_pool('dropme')}, '', 'drop the pool under it');
+query_fails($l, q{SELECT x FROM dbpool_query('dropme', 'SELECT 1') AS t(x int)}, '42704', undef,
+	'new queries no longer find it');
+my ($ret, $out, $err) = finish_bg($bg);
+is($ret, 0, 'the query in flight finishes') or diag($err);
+is($out, '5', 'with its result');
+ok(poll_until($f, app_count_sql('dropme_pool'), '0', 30), "the dropped pool's connections close");
+
 query_ok($l, q{SELECT count(*) FROM dbpool_pools}, '5', 'all pools still listed');
 
 done_testing();

@@ -33,8 +33,9 @@ is($l->safe_psql('postgres', "SELECT pg_terminate_backend($old)"), 't',
 my $r = run_sql($l, $q, timeout => 20);
 ok(!$r->{timed_out}, 'a query while the worker restarts returns');
 ok(!$r->{timed_out}
-	  && (($r->{ret} == 0 && $r->{out} eq '1') || ($r->{ret} != 0 && $r->{err} =~ /ERROR:/)),
-	'it either succeeds or fails with an ERROR')
+	  && (($r->{ret} == 0 && $r->{out} eq '1')
+		|| ($r->{ret} != 0 && $r->{err} =~ /ERROR:/ && ($r->{sqlstate} // '') ne '42704')),
+	'it either succeeds or fails with an ERROR (not "pool does not exist": it does)')
   or diag("ret " . ($r->{ret} // 'timeout') . " out '$r->{out}' err '$r->{err}'");
 
 ok(poll_until($l,
@@ -45,15 +46,35 @@ query_ok($l, q{SELECT count(*) FROM dbpool_pools WHERE name = 'fpool'}, '1',
 	'the pool survived the worker restart');
 is($session->query_safe('SELECT 2'), '2', 'the local session survived the worker restart');
 $session->quit;
+my ($ret, $out, $err);
+my $bg;
 ok(!$l->log_contains(qr/terminated by signal|terminating any other active server processes/),
 	'no crash of L (the worker exits, it does not crash)');
 
+# --- the worker dies while a client waits for its remote query -------------------------
+my $sleep59 = q{SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(59)%' AND pid <> pg_backend_pid()};
+$bg = start_bg($l, q{SELECT * FROM dbpool_query('fpool', 'SELECT pg_sleep(59)') AS t(x text)}, timeout => 40);
+ok(poll_until($f, $sleep59, '1'), 'worker death: remote query running');
+@workers = dbpool_worker_pids($l);
+is($l->safe_psql('postgres', "SELECT pg_terminate_backend($workers[0])"), 't',
+	'terminate the worker under a running query');
+($ret, $out, $err) = finish_bg($bg);
+ok(defined $ret, 'the waiting client does not hang on the dead worker');
+ok(defined $ret && $ret != 0 && $err =~ /ERROR:/, 'it gets an ERROR')
+  or diag("ret " . ($ret // 'timeout') . " out '$out' err '$err'");
+ok(poll_until($l, $q, '1'), 'queries work again after this worker restart');
+TODO:
+{
+	local $TODO = 'not in the contract: a dying worker could cancel its remote queries';
+	ok(poll_until($f, $sleep59, '0', 10), 'the orphaned remote query is cancelled');
+}
+
 # --- F dies under a running query ---------------------------------------------------------
-my $bg = start_bg($l, q{SELECT * FROM dbpool_query('fpool', 'SELECT pg_sleep(60)') AS t(x text)});
+$bg = start_bg($l, q{SELECT * FROM dbpool_query('fpool', 'SELECT pg_sleep(60)') AS t(x text)});
 ok(poll_until($f, q{SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()}, '1'),
 	'remote query running');
 $f->stop('immediate');
-my ($ret, $out, $err) = finish_bg($bg);
+($ret, $out, $err) = finish_bg($bg);
 ok(defined $ret && $ret != 0, 'the query gets an error when F dies under it')
   or diag("ret " . ($ret // 'timeout') . " out '$out' err '$err'");
 like($err, qr/ERROR:/, 'an ERROR, not a lost local connection');
@@ -71,5 +92,22 @@ $f->start;
 ok(poll_until($l, $q, '1', 90), 'F back: the pool recovers without being touched');
 query_ok($l, q{SELECT count(*) FROM dbpool_query('fpool', 'SELECT generate_series(1, 1000)') AS t(x int)},
 	'1000', 'and returns full results');
+
+# --- dbpool.database does not exist yet when the server starts --------------------------
+my $l2 = PostgreSQL::Test::Cluster->new('L2', port => 25552);
+$l2->init;
+$l2->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'dbpool'\ndbpool.database = 'pooldb'\n");
+$l2->start;
+query_ok($l2, 'SELECT 1', '1', 'L2 starts although dbpool.database does not exist');
+$l2->safe_psql('postgres', 'CREATE DATABASE pooldb');
+$l2->safe_psql('pooldb', 'CREATE EXTENSION dbpool');
+$l2->safe_psql('pooldb',
+	"SELECT dbpool_create_pool('p2', " . quote_literal(pool_conninfo($f)) . ')');
+ok(poll_until($l2, q{SELECT x FROM dbpool_query('p2', 'SELECT 8') AS t(x int)}, '8', 60, db => 'pooldb'),
+	'once the database and the extension exist, pools work');
+ok(!$l2->log_contains(qr/FATAL:\s+database "pooldb" does not exist/),
+	'the worker never tried to connect to the missing database');
+$l2->stop;
 
 done_testing();
