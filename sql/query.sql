@@ -114,5 +114,11 @@ SELECT * FROM dbpool_query('noreset', 'SELECT 43') AS t(x int);
 SELECT * FROM dbpool_query('regress', $$SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'$$)
   AS t(n bigint);
 
+-- a caller that changes how values print does not poison the connection for the next one
+SELECT dbpool_exec('noreset', 'SET datestyle = ''SQL, DMY''; SET intervalstyle = sql_standard; SET client_encoding = LATIN1');
+SELECT d, extract(month FROM d) AS month, extract(day FROM i) AS days, u
+  FROM dbpool_query('noreset', $$SELECT '2024-02-03'::date, '-1 day +02:00:00'::interval, 'é'::text$$)
+  AS t(d date, i interval, u text);
+
 SELECT dbpool_drop_pool('reset');
 SELECT dbpool_drop_pool('noreset');

@@ -252,11 +252,37 @@ DbpoolConnPollCancel(WorkerConn *conn)
 	return true;
 }
 
-/* Start a cleanup step (ROLLBACK or reset_query); close the connection if it cannot. */
+/* Whether a caller changed a setting that the text values' meaning depends on. */
+static bool
+settings_drifted(PGconn *pg)
+{
+	const char *ds = PQparameterStatus(pg, "DateStyle");
+	const char *is = PQparameterStatus(pg, "IntervalStyle");
+	const char *ce = PQparameterStatus(pg, "client_encoding");
+
+	return (ds && strncmp(ds, "ISO", 3) != 0) || (is && strcmp(is, "postgres") != 0) ||
+		(ce && strcmp(ce, "UTF8") != 0);
+}
+
+/* The cleanup step after step (0: the request itself), or 0 when the connection is clean. */
+static int
+next_cleanup(WorkerConn *conn, int step)
+{
+	if (step < CLEANUP_SETTINGS && settings_drifted(conn->pg))
+		return CLEANUP_SETTINGS;
+	if (step < CLEANUP_RESET && conn->pool->settings.reset_query[0] != '\0')
+		return CLEANUP_RESET;
+	return 0;
+}
+
+/* Start a cleanup step; close the connection if it cannot. */
 static void
 start_cleanup(WorkerConn *conn, int step)
 {
-	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" : conn->pool->settings.reset_query;
+	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" :
+		step == CLEANUP_SETTINGS ?
+		"SET datestyle = ISO; SET intervalstyle = postgres; SET client_encoding = 'UTF8'" :
+		conn->pool->settings.reset_query;
 
 	set_state(conn, CONN_CLEANUP);
 	conn->cleanup_step = step;
@@ -303,8 +329,8 @@ request_done(WorkerConn *conn)
 		start_cleanup(conn, CLEANUP_ROLLBACK);
 	else if (ts != PQTRANS_IDLE)
 		DbpoolConnClose(conn);
-	else if (conn->pool->settings.reset_query[0] != '\0')
-		start_cleanup(conn, CLEANUP_RESET);
+	else if (next_cleanup(conn, 0) != 0)
+		start_cleanup(conn, next_cleanup(conn, 0));
 	else
 		to_pool(conn);
 }
@@ -313,14 +339,20 @@ request_done(WorkerConn *conn)
 static void
 cleanup_done(WorkerConn *conn)
 {
+	int			next;
+
 	if (conn->error.len > 0 || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
 	{
 		elog(LOG, "dbpool: closing a connection of pool \"%s\": its %s failed",
-			 conn->pool->name, conn->cleanup_step == CLEANUP_ROLLBACK ? "ROLLBACK" : "reset_query");
+			 conn->pool->name,
+			 conn->cleanup_step == CLEANUP_ROLLBACK ? "ROLLBACK" :
+			 conn->cleanup_step == CLEANUP_SETTINGS ? "settings reset" : "reset_query");
 		DbpoolConnClose(conn);
+		return;
 	}
-	else if (conn->cleanup_step == CLEANUP_ROLLBACK && conn->pool->settings.reset_query[0] != '\0')
-		start_cleanup(conn, CLEANUP_RESET);
+	next = next_cleanup(conn, conn->cleanup_step);
+	if (next != 0)
+		start_cleanup(conn, next);
 	else
 		to_pool(conn);
 }

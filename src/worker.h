@@ -64,7 +64,8 @@ typedef struct WorkerChannel
 } WorkerChannel;
 
 #define CLEANUP_ROLLBACK	1	/* a request left a transaction open */
-#define CLEANUP_RESET		2	/* the pool's reset_query */
+#define CLEANUP_SETTINGS	2	/* a caller changed DateStyle, IntervalStyle or client_encoding */
+#define CLEANUP_RESET		4	/* the pool's reset_query */
 
 typedef enum ConnState
 {
