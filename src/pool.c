@@ -230,6 +230,8 @@ void
 DbpoolPoolConnClosed(WorkerPool *pool)
 {
 	DbpoolWorkerServeNeeded = true;
+	if (pool->dropping && pool->nconns == 0)
+		DbpoolWorkerDeadline(GetCurrentTimestamp());	/* free its slot now */
 	DbpoolPoolPublish(pool);
 }
 
