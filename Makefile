@@ -34,3 +34,6 @@ EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies: a changed struct must rebuild every object.
+$(OBJS): src/dbpool.h src/worker.h

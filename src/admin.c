@@ -5,8 +5,9 @@
  * The configuration table in dbpool.database is the truth.  These functions
  * check privileges in C, validate everything, and change the table through
  * SPI as the bootstrap superuser (the table is not readable by others).  At
- * commit a transaction callback wakes the worker, which reconciles; the next
- * statement's lookup waits for that (DbpoolWaitForReconcile).
+ * commit a transaction callback wakes the worker, which reconciles; this
+ * session's next lookup waits for that (DbpoolMyConfigTarget), and another
+ * session's lookup that misses asks for a re-read of its own.
  */
 #include "postgres.h"
 
@@ -44,7 +45,7 @@ admin_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (config_changed)
-				DbpoolRequestReconcile();
+				DbpoolMyConfigTarget = DbpoolRequestReconcile();
 			config_changed = false;
 			break;
 		case XACT_EVENT_ABORT:

@@ -71,14 +71,15 @@ backend_wait(long ms)
 void
 DbpoolWaitForWorker(void)
 {
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   DBPOOL_WORKER_WAIT_MS);
+	TimestampTz deadline = 0;
 	uint32		gen;
 	PGPROC	   *proc;
 
 	while (worker_status(&gen, &proc) == 0)
 	{
-		if (GetCurrentTimestamp() >= deadline)
+		if (deadline == 0)
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DBPOOL_WORKER_WAIT_MS);
+		else if (GetCurrentTimestamp() >= deadline)
 			ereport(ERROR,
 					(errcode(ERRCODE_CANNOT_CONNECT_NOW),
 					 errmsg("the dbpool worker is not running"),
@@ -90,11 +91,13 @@ DbpoolWaitForWorker(void)
 	}
 }
 
-/* If a committed configuration change is not applied yet, wait (bounded) until it is. */
+/* The reconcile request this session's last committed change made (0: none). */
+uint64		DbpoolMyConfigTarget = 0;
+
+/* Wait (bounded) until the worker has applied reconcile request target. */
 void
-DbpoolWaitForReconcile(void)
+DbpoolWaitForReconcile(uint64 target)
 {
-	uint64		target = pg_atomic_read_u64(&DbpoolShmem->config_requested);
 	TimestampTz deadline;
 
 	if (pg_atomic_read_u64(&DbpoolShmem->config_applied) >= target)
@@ -158,8 +161,11 @@ DbpoolChannelOpen(void)
 	shm_mq	   *resp;
 	MemoryContext old;
 
-	DbpoolWaitForWorker();
-	(void) worker_status(&gen, &wproc);
+	if (worker_status(&gen, &wproc) == 0)
+	{
+		DbpoolWaitForWorker();
+		(void) worker_status(&gen, &wproc);
+	}
 	if (my_attached && my_gen == gen)
 		return gen;
 	if (my_attached)
@@ -229,7 +235,11 @@ check_worker_alive(void)
 				 errhint("The request may or may not have run on the foreign server.")));
 }
 
-/* Send one request message, waiting (interruptibly) while the queue is full. */
+/*
+ * Send one request message, waiting (interruptibly) while the queue is full.
+ * The pending bit is set before each attempt, so the latch that shm_mq sets
+ * when the message is complete (force_flush) always finds it.
+ */
 void
 DbpoolChannelSend(const char *data, Size len)
 {
@@ -237,22 +247,19 @@ DbpoolChannelSend(const char *data, Size len)
 
 	for (;;)
 	{
-		shm_mq_result r = shm_mq_send(my_inq, len, data, true, true);
+		shm_mq_result r;
 
+		DbpoolChannelMarkPending(idx);
+		r = shm_mq_send(my_inq, len, data, true, true);
 		if (r == SHM_MQ_SUCCESS)
-			break;
-		if (r == SHM_MQ_DETACHED)
-			check_worker_alive();
+			return;
+		check_worker_alive();
 		if (r == SHM_MQ_DETACHED)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("the dbpool worker closed this session's channel")));
-		DbpoolChannelMarkPending(idx);
-		check_worker_alive();
 		backend_wait(1000);
 	}
-	DbpoolChannelMarkPending(idx);
-	DbpoolWakeWorker();
 }
 
 /* Receive one response message; *data stays valid until the next call. */
@@ -380,6 +387,7 @@ parse_request(WorkerChannel *ch, int32 *slot, uint64 *pool_id)
 	p += 4;
 	memcpy(pool_id, p, 8);
 	p += 8;
+	memcpy(&ch->user, p, sizeof(Oid));
 	p += sizeof(Oid);
 	if (!read_int32(&p, end, &ch->nparams) || !read_int32(&p, end, &len) ||
 		len < 0 || end - p < len + 1)

@@ -228,7 +228,6 @@ to_pool(WorkerConn *conn)
 															 DBPOOL_CANCEL_GRACE_MS);
 				DbpoolWorkerDeadline(conn->deadline);
 				DbpoolAwaitingCancels++;
-				DbpoolWorkerSocketsChanged();
 			}
 			return;
 		}

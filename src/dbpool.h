@@ -163,7 +163,7 @@ extern shm_mq *DbpoolChannelResponseQueue(DbpoolChannel *ch);
 extern Size DbpoolResponseQueueSize(void);
 extern void DbpoolChannelMarkPending(int index);
 extern void DbpoolWakeWorker(void);
-extern void DbpoolRequestReconcile(void);
+extern uint64 DbpoolRequestReconcile(void);
 
 /* ---------- backend side (channel.c, query.c, admin.c) ---------- */
 
@@ -171,7 +171,8 @@ extern void DbpoolCheckLoaded(void);
 extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
 extern void DbpoolWaitForWorker(void);
-extern void DbpoolWaitForReconcile(void);
+extern void DbpoolWaitForReconcile(uint64 target);
+extern uint64 DbpoolMyConfigTarget;
 extern uint32 DbpoolChannelOpen(void);
 extern void DbpoolChannelSend(const char *data, Size len);
 extern void DbpoolChannelReceive(const char **data, Size *len);

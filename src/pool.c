@@ -189,6 +189,8 @@ DbpoolPoolConnected(WorkerConn *conn)
 {
 	WorkerPool *pool = conn->pool;
 
+	if (pool->unreachable)
+		ereport(LOG, (errmsg("dbpool: pool \"%s\" is reachable again", pool->name)));
 	pool->ever_connected = true;
 	pool->unreachable = false;
 	pool->backoff_ms = 0;
@@ -206,11 +208,20 @@ DbpoolPoolConnFailed(WorkerPool *pool, const char *sqlstate, const char *message
 					 const char *detail, const char *hint)
 {
 	int			live = pool->nconns - pool->nconnecting;
+	TimestampTz now = GetCurrentTimestamp();
 
+	if (!pool->unreachable || pool->last_failure_log == 0 ||
+		TimestampDifferenceExceeds(pool->last_failure_log, now, 60000))
+	{
+		ereport(LOG,
+				(errmsg("dbpool: %s", message),
+				 detail ? errdetail_internal("%s", detail) : 0));
+		pool->last_failure_log = now;
+	}
 	pool->unreachable = true;
 	pool->backoff_ms = pool->backoff_ms == 0 ? BACKOFF_MIN_MS :
 		Min(pool->backoff_ms * 2, BACKOFF_MAX_MS);
-	pool->next_connect_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), pool->backoff_ms);
+	pool->next_connect_at = TimestampTzPlusMilliseconds(now, pool->backoff_ms);
 	DbpoolWorkerDeadline(pool->next_connect_at);
 	/* this attempt still counts in nconnecting; others may still succeed */
 	if (live == 0 && pool->nconnecting <= 1)
@@ -219,9 +230,6 @@ DbpoolPoolConnFailed(WorkerPool *pool, const char *sqlstate, const char *message
 			fail_waiter(dlist_container(WorkerChannel, wait_node, dlist_head_node(&pool->waiters)),
 						sqlstate, message, detail, hint);
 	}
-	ereport(LOG,
-			(errmsg("dbpool: %s", message),
-			 detail ? errdetail_internal("%s", detail) : 0));
 	DbpoolPoolPublish(pool);
 }
 

@@ -46,43 +46,69 @@ typedef struct ResultSink
 	StringInfoData value;		/* one value, NUL-terminated */
 } ResultSink;
 
-/* Find a live pool by name and check that the current user may use it. */
+/*
+ * Copy what the registry says of a pool not being dropped; false if there is
+ * none.  grantees has room for DBPOOL_MAX_GRANTEES.
+ */
+static bool
+find_pool(const char *name, PoolRef *ref, Oid *owner, Oid *grantees, int *ngrantees)
+{
+	bool		found = false;
+	int			i;
+
+	LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
+	for (i = 0; i < DbpoolMaxPools && !found; i++)
+	{
+		DbpoolPoolSlot *slot = &DbpoolShmem->pools[i];
+
+		if (!slot->in_use || slot->state == DBPOOL_POOL_DROPPING || strcmp(slot->name, name) != 0)
+			continue;
+		found = true;
+		ref->slot = i;
+		ref->pool_id = slot->pool_id;
+		*owner = slot->owner;
+		*ngrantees = slot->ngrantees;
+		memcpy(grantees, slot->grantees, sizeof(Oid) * slot->ngrantees);
+	}
+	LWLockRelease(DbpoolShmem->lock);
+	return found;
+}
+
+/* Whether the current user may use a pool of this owner and grantees. */
+static bool
+may_use(Oid owner, const Oid *grantees, int ngrantees)
+{
+	Oid			user = GetUserId();
+	int			i;
+
+	if (superuser() || has_privs_of_role(user, owner))
+		return true;
+	for (i = 0; i < ngrantees; i++)
+		if (has_privs_of_role(user, grantees[i]))
+			return true;
+	return false;
+}
+
+/*
+ * Find a live pool by name and check that the current user may use it.  A
+ * miss or a denial may come from a change the worker has not read yet (made
+ * by another session, or restored into the table): then ask it to re-read
+ * once before saying so.
+ */
 static void
 lookup_pool(const char *name, PoolRef *ref)
 {
 	Oid			owner = InvalidOid;
 	Oid			grantees[DBPOOL_MAX_GRANTEES];
 	int			ngrantees = 0;
-	bool		found = false;
-	Oid			user = GetUserId();
-	int			i;
-	int			attempt;
+	bool		found;
 
-	DbpoolWaitForReconcile();
-	for (attempt = 0; attempt < 2 && !found; attempt++)
+	DbpoolWaitForReconcile(DbpoolMyConfigTarget);
+	found = find_pool(name, ref, &owner, grantees, &ngrantees);
+	if (!found || !may_use(owner, grantees, ngrantees))
 	{
-		if (attempt == 1)
-		{
-			/* a miss: the table may have changed without us (a restore); re-read once */
-			DbpoolRequestReconcile();
-			DbpoolWaitForReconcile();
-		}
-		LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
-		for (i = 0; i < DbpoolMaxPools; i++)
-		{
-			DbpoolPoolSlot *slot = &DbpoolShmem->pools[i];
-
-			if (!slot->in_use || slot->state == DBPOOL_POOL_DROPPING || strcmp(slot->name, name) != 0)
-				continue;
-			found = true;
-			ref->slot = i;
-			ref->pool_id = slot->pool_id;
-			owner = slot->owner;
-			ngrantees = slot->ngrantees;
-			memcpy(grantees, slot->grantees, sizeof(Oid) * ngrantees);
-			break;
-		}
-		LWLockRelease(DbpoolShmem->lock);
+		DbpoolWaitForReconcile(DbpoolRequestReconcile());
+		found = find_pool(name, ref, &owner, grantees, &ngrantees);
 	}
 	if (!found)
 		ereport(ERROR,
@@ -90,18 +116,13 @@ lookup_pool(const char *name, PoolRef *ref)
 				 errmsg("pool \"%s\" does not exist", name),
 				 errhint("Pools are created with dbpool_create_pool() in database \"%s\"; dbpool_pools lists them.",
 						 DbpoolDatabase)));
+	if (!may_use(owner, grantees, ngrantees))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for pool \"%s\"", name),
+				 errhint("The pool's owner or a superuser can grant it with dbpool_grant_usage('%s', role).",
+						 name)));
 	strlcpy(ref->name, name, sizeof(ref->name));
-
-	if (superuser() || has_privs_of_role(user, owner))
-		return;
-	for (i = 0; i < ngrantees; i++)
-		if (has_privs_of_role(user, grantees[i]))
-			return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for pool \"%s\"", name),
-			 errhint("The pool's owner or a superuser can grant it with dbpool_grant_usage('%s', role).",
-					 name)));
 }
 
 /* Append a native int32. */

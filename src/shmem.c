@@ -16,8 +16,10 @@
  *	  worker without the lock; readers may see them a moment stale.
  *	- worker_pid, worker_proc, worker_gen, database_checked and last_wait_log
  *	  are protected by DbpoolShmem->mutex (a spinlock: a few loads/stores).
- *	- config_requested is bumped by any backend whose transaction changed the
- *	  configuration, at commit; config_applied is written by the worker only.
+ *	- config_requested is bumped by a backend that needs the worker to re-read
+ *	  the configuration (its transaction changed it, or a lookup missed);
+ *	  config_applied, the last request the worker has applied, is written by
+ *	  the worker only.  A backend waits only for a request of its own.
  *	- Channel i belongs to the backend with BackendId i + 1.  Its state is
  *	  protected by the channel's spinlock and moves only:
  *		FREE -> ACTIVE			backend, after creating the queues
@@ -185,10 +187,12 @@ DbpoolWakeWorker(void)
 		SetLatch(&proc->procLatch);
 }
 
-/* Ask the worker to re-read the configuration table. */
-void
+/* Ask the worker to re-read the configuration table; returns the request to wait for. */
+uint64
 DbpoolRequestReconcile(void)
 {
-	pg_atomic_fetch_add_u64(&DbpoolShmem->config_requested, 1);
+	uint64		target = pg_atomic_add_fetch_u64(&DbpoolShmem->config_requested, 1);
+
 	DbpoolWakeWorker();
+	return target;
 }

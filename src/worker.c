@@ -13,7 +13,8 @@
  * It never waits on the network (non-blocking libpq; cancels in threads,
  * cancel.c) and never raises an ERROR for a remote or client problem.  Its
  * blocking work is the short read of the configuration table, done with a
- * lock_timeout so that a lock on the table cannot stall the pools, and the
+ * 50 ms lock_timeout and retries backing off to 16 s, so that a lock on the
+ * table stalls the pools for at most 50 ms now and then, and the
  * host name lookup inside PQconnectStartParams (use hostaddr to avoid it).
  */
 #include "postgres.h"
@@ -51,7 +52,9 @@
 #define TICK_MS				1000
 #define REFRESH_MS			60000	/* re-read the configuration at least this often */
 #define REFRESH_NO_EXT_MS	10000	/* ... while the extension does not exist */
-#define RETRY_MS			1000	/* after a failed read */
+#define RETRY_MIN_MS		1000	/* after a failed read, doubling ... */
+#define RETRY_MAX_MS		16000	/* ... up to this */
+#define CONFIG_LOCK_TIMEOUT	"50"	/* ms the read may wait for a lock on the table */
 #define WAIT_LOG_INTERVAL_MS 60000
 
 PGDLLEXPORT void DbpoolWorkerMain(Datum main_arg);
@@ -65,10 +68,10 @@ static bool sockets_changed = true;
 static dlist_head blocked_channels = DLIST_STATIC_INIT(blocked_channels);
 static TimestampTz next_tick = 0;
 static WaitEventSet *wait_set = NULL;
-static int	wait_set_size = 0;
 static TimestampTz next_refresh = 0;
 static TimestampTz last_read_error_log = 0;
 static TimestampTz retry_at = 0;	/* after a failed read, not before this */
+static int	retry_ms = 0;
 
 /* Connections changed sockets: rebuild the wait set before the next wait. */
 void
@@ -264,7 +267,7 @@ read_config(MemoryContext cxt, List **configs, bool *ext_missing)
 
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		(void) set_config_option("lock_timeout", "500", PGC_SUSET, PGC_S_SESSION,
+		(void) set_config_option("lock_timeout", CONFIG_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		pgstat_report_activity(STATE_RUNNING, "dbpool: reading the pool configuration");
 		schema = DbpoolExtensionSchema();
@@ -328,7 +331,8 @@ reconcile(void)
 
 	if (!read_config(cxt, &configs, &ext_missing))
 	{
-		retry_at = TimestampTzPlusMilliseconds(now, RETRY_MS);
+		retry_ms = retry_ms == 0 ? RETRY_MIN_MS : Min(retry_ms * 2, RETRY_MAX_MS);
+		retry_at = TimestampTzPlusMilliseconds(now, retry_ms);
 		DbpoolWorkerDeadline(retry_at);
 		MemoryContextSwitchTo(old);
 		MemoryContextDelete(cxt);
@@ -340,6 +344,7 @@ reconcile(void)
 						DbpoolDatabase)));
 	DbpoolPoolReconcile(configs);
 	retry_at = 0;
+	retry_ms = 0;
 	pg_atomic_write_u64(&DbpoolShmem->config_applied, target);
 	next_refresh = TimestampTzPlusMilliseconds(now, ext_missing ? REFRESH_NO_EXT_MS : REFRESH_MS);
 	MemoryContextSwitchTo(old);
@@ -354,8 +359,7 @@ rebuild_wait_set(void)
 
 	if (wait_set)
 		FreeWaitEventSet(wait_set);
-	wait_set_size = 2 + DbpoolWorkerTotalConns;
-	wait_set = CreateWaitEventSet(DbpoolWorkerContext, wait_set_size);
+	wait_set = CreateWaitEventSet(DbpoolWorkerContext, 2 + DbpoolWorkerTotalConns);
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	dlist_foreach(pit, &DbpoolWorkerPools)
@@ -497,7 +501,6 @@ DbpoolWorkerMain(Datum main_arg)
 	for (i = 0; i < DbpoolMaxPools; i++)
 		DbpoolShmem->pools[i].in_use = false;
 	LWLockRelease(DbpoolShmem->lock);
-	pg_atomic_fetch_add_u64(&DbpoolShmem->config_requested, 1);
 
 	before_shmem_exit(worker_exit, (Datum) 0);
 	SpinLockAcquire(&DbpoolShmem->mutex);
@@ -546,10 +549,10 @@ DbpoolWorkerMain(Datum main_arg)
 		}
 
 		now = GetCurrentTimestamp();
-		if (now >= next_refresh)
-			pg_atomic_fetch_add_u64(&DbpoolShmem->config_requested, 1);
-		if (pg_atomic_read_u64(&DbpoolShmem->config_requested) >
-			pg_atomic_read_u64(&DbpoolShmem->config_applied) && now >= retry_at)
+		if ((now >= next_refresh ||
+			 pg_atomic_read_u64(&DbpoolShmem->config_requested) >
+			 pg_atomic_read_u64(&DbpoolShmem->config_applied)) &&
+			now >= retry_at)
 			reconcile();
 
 		DbpoolWorkerProcessPending();

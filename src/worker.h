@@ -41,6 +41,7 @@ typedef struct WorkerChannel
 	RequestState state;
 	StringInfoData req;			/* private copy of the request message */
 	char		kind;
+	Oid			user;			/* the role that sent it */
 	int			nparams;		/* -1: simple protocol */
 	const char *sql;
 	const char **params;		/* nparams pointers into req */
@@ -136,6 +137,7 @@ struct WorkerPool
 	int			backoff_ms;
 	bool		ever_connected;
 	bool		unreachable;
+	TimestampTz last_failure_log;	/* connect failures log at most once a minute */
 };
 
 /* worker.c */
