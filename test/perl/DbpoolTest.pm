@@ -23,7 +23,7 @@ our @EXPORT = qw(
   local_node foreign_node pool_conninfo quote_literal
   run_sql sqlstate_of query_ok query_fails
   poll_until start_bg finish_bg wait_bg_stderr
-  remote_count dbpool_worker_pids
+  remote_count dbpool_worker_pids require_password
 );
 
 # Long enough for a loaded shared machine, short enough that a hang fails the run.
@@ -240,6 +240,22 @@ sub dbpool_worker_pids
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'dbpool worker' ORDER BY pid"
 	);
 	return grep { /^\d+$/ } split /\n/, $out;
+}
+
+# Make node $f ask $role for a SCRAM password (on its Unix socket, and on 127.0.0.1 if
+# $tcp), ahead of the trust lines PostgreSQL::Test::Cluster writes; reload.
+sub require_password
+{
+	my ($f, $role, $tcp) = @_;
+	my $hba = $f->data_dir . '/pg_hba.conf';
+	my $old = slurp_file($hba);
+	open(my $fh, '>', $hba) or die "open $hba: $!";
+	print $fh "local all $role scram-sha-256\n";
+	print $fh "host all $role 127.0.0.1/32 scram-sha-256\n" if $tcp;
+	print $fh $old;
+	close $fh;
+	$f->reload;
+	return;
 }
 
 1;

@@ -48,6 +48,26 @@ sub pool_works
 		'42', $name);
 }
 
+# Start $sql, terminate its local backend while $marker runs on F; the remote query must end.
+sub terminate_mid_query
+{
+	my ($sql, $marker, $what) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $bg = start_bg($l, $sql);
+	ok(poll_until($f, remote_running($marker), '1'), "$what: remote query running on F");
+	my $pid = $l->safe_psql('postgres', local_pid_query($marker));
+	like($pid, qr/^\d+$/, "$what: found the local backend");
+	is($l->safe_psql('postgres', "SELECT pg_terminate_backend($pid)"), 't',
+		"$what: pg_terminate_backend sent");
+	my ($ret, $out, $err) = finish_bg($bg);
+	ok(defined $ret && $ret != 0, "$what: the terminated client gets an error");
+	like($err, qr/terminating connection due to administrator command|server closed the connection/,
+		"$what: the client connection is closed");
+	ok(poll_until($f, remote_running($marker), '0', 20), "$what: the remote query is gone from F");
+	pool_works('p', "$what: the pool works afterwards");
+	pool_works('p', "$what: and again");
+}
+
 # --- statement_timeout ----------------------------------------------------------------
 query_fails($l, "SET statement_timeout = '500ms'; $sleep60", '57014',
 	qr/canceling statement due to statement timeout/,
@@ -71,20 +91,8 @@ ok(poll_until($f, remote_running('pg_sleep(60)'), '0', 20),
 	'cancel: the remote query is gone from F');
 pool_works('p', 'pool works after pg_cancel_backend');
 
-# --- pg_terminate_backend of the client -------------------------------------------------
-$bg = start_bg($l, $sleep60);
-ok(poll_until($f, remote_running('pg_sleep(60)'), '1'), 'terminate: remote query running on F');
-$pid = $l->safe_psql('postgres', local_pid_query('pg_sleep(60)'));
-like($pid, qr/^\d+$/, 'terminate: found the local backend');
-is($l->safe_psql('postgres', "SELECT pg_terminate_backend($pid)"), 't',
-	'pg_terminate_backend sent');
-($ret, $out, $err) = finish_bg($bg);
-ok(defined $ret && $ret != 0, 'terminated client gets an error');
-like($err, qr/terminating connection due to administrator command|server closed the connection/,
-	'terminate: the client connection is closed');
-ok(poll_until($f, remote_running('pg_sleep(60)'), '0', 20),
-	'terminate: the remote query is gone from F');
-pool_works('p', 'pool works after pg_terminate_backend of a client');
+# --- pg_terminate_backend of the client ---------------------------------------------
+terminate_mid_query($sleep60, 'pg_sleep(60)', 'terminate');
 
 # --- query_timeout_ms -------------------------------------------------------------------
 query_fails($l, q{SELECT * FROM dbpool_query('qt_pool', 'SELECT pg_sleep(60)') AS t(x text)},
@@ -105,19 +113,7 @@ pool_works('p', 'pool works after a cancel mid-stream');
 pool_works('p', 'and again');
 
 # --- the client goes away while the worker is sending it rows -------------------------
-$bg = start_bg($l, $stream_sql);
-ok(poll_until($f, remote_running('generate_series(1, 300000000)'), '1'),
-	'streaming to a client: remote query running');
-$pid = $l->safe_psql('postgres', local_pid_query('generate_series(1, 300000000)'));
-like($pid, qr/^\d+$/, 'streaming to a client: found the local backend');
-is($l->safe_psql('postgres', "SELECT pg_terminate_backend($pid)"), 't',
-	'terminate the client mid-stream');
-($ret, $out, $err) = finish_bg($bg);
-ok(defined $ret && $ret != 0, 'the terminated client is gone');
-ok(poll_until($f, remote_running('generate_series(1, 300000000)'), '0', 20),
-	'client gone mid-stream: the remote query is gone from F');
-pool_works('p', 'pool works after a client left mid-stream');
-pool_works('p', 'and again');
+terminate_mid_query($stream_sql, 'generate_series(1, 300000000)', 'client gone mid-stream');
 
 # --- acquire_timeout_ms, and cancel while waiting for a connection --------------------
 my $hold_a = start_bg($l, q{SELECT * FROM dbpool_query('acq_pool', 'SELECT pg_sleep(5)') AS t(x text)});

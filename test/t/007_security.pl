@@ -24,12 +24,7 @@ $f->safe_psql('postgres', qq{
 	INSERT INTO secrets VALUES (7);
 });
 # app must authenticate with SCRAM; every other role is trusted (the TAP default).
-my $hba = $f->data_dir . '/pg_hba.conf';
-my $hba_old = slurp_file($hba);
-open(my $fh, '>', $hba) or die "open $hba: $!";
-print $fh "local all app scram-sha-256\nhost all app 127.0.0.1/32 scram-sha-256\n$hba_old";
-close $fh;
-$f->reload;
+require_password($f, 'app', 1);
 is($f->safe_psql('postgres', q{SELECT count(*) FROM pg_hba_file_rules WHERE user_name = '{app}' AND auth_method = 'scram-sha-256'}),
 	'2', 'F requires a password from app');
 

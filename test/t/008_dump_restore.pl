@@ -15,12 +15,7 @@ my $pw = 'Dump_pw_7QxA2';
 
 my $f = foreign_node('F', 25571, "password_encryption = 'scram-sha-256'\n");
 $f->safe_psql('postgres', "CREATE ROLE app LOGIN PASSWORD '$pw'");
-my $hba = $f->data_dir . '/pg_hba.conf';
-my $hba_old = slurp_file($hba);
-open(my $fh, '>', $hba) or die "open $hba: $!";
-print $fh "local all app scram-sha-256\n$hba_old";
-close $fh;
-$f->reload;
+require_password($f, 'app');
 
 my $l = local_node('L', 25570);
 $l->safe_psql('postgres', q{
