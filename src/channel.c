@@ -32,6 +32,7 @@ static shm_mq_handle *my_inq = NULL;	/* requests we send */
 static shm_mq_handle *my_outq = NULL;	/* responses we receive */
 static bool my_attached = false;
 static uint32 my_gen = 0;
+static PGPROC *my_worker = NULL;	/* the worker the queues were made for */
 static bool exit_callback_registered = false;
 
 /* This backend's channel index. */
@@ -218,6 +219,7 @@ DbpoolChannelOpen(void)
 	SpinLockRelease(&ch->mutex);
 	my_attached = true;
 	my_gen = gen;
+	my_worker = wproc;
 	return gen;
 }
 
@@ -237,8 +239,11 @@ check_worker_alive(void)
 
 /*
  * Send one request message, waiting (interruptibly) while the queue is full.
- * The pending bit is set before each attempt, so the latch that shm_mq sets
- * when the message is complete (force_flush) always finds it.
+ * The pending bit must be set only once the message is in the queue, then
+ * the worker woken: a bit set earlier could be cleared by a worker that finds
+ * no message yet, and the wake-up shm_mq gives on completion would find no
+ * bit.  The worker's latch comes from DbpoolChannelOpen, without the shared
+ * spinlock.
  */
 void
 DbpoolChannelSend(const char *data, Size len)
@@ -247,19 +252,21 @@ DbpoolChannelSend(const char *data, Size len)
 
 	for (;;)
 	{
-		shm_mq_result r;
+		shm_mq_result r = shm_mq_send(my_inq, len, data, true, true);
 
-		DbpoolChannelMarkPending(idx);
-		r = shm_mq_send(my_inq, len, data, true, true);
 		if (r == SHM_MQ_SUCCESS)
-			return;
+			break;
 		check_worker_alive();
 		if (r == SHM_MQ_DETACHED)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("the dbpool worker closed this session's channel")));
+		DbpoolChannelMarkPending(idx);	/* a partial message: let it drain */
+		SetLatch(&my_worker->procLatch);
 		backend_wait(1000);
 	}
+	DbpoolChannelMarkPending(idx);
+	SetLatch(&my_worker->procLatch);
 }
 
 /* Receive one response message; *data stays valid until the next call. */
