@@ -29,6 +29,10 @@ SELECT dbpool_create_pool('masked', 'host=127.0.0.1 port=1 user=u password=s3cre
                           min_size => 0, max_size => 1, reset_query => 'DISCARD ALL');
 SELECT name, conninfo, reset_query, state FROM dbpool_pools WHERE name = 'masked';
 SELECT count(*) AS password_visible FROM dbpool_pools WHERE conninfo LIKE '%s3cret%';
+-- every secret option is masked, not only password
+SELECT dbpool_create_pool('sslpw', 'dbname=x sslpassword=k3ysecret', min_size => 0);
+SELECT conninfo FROM dbpool_pools WHERE name = 'sslpw';
+SELECT dbpool_drop_pool('sslpw');
 
 -- alter: any subset of settings, validated like create
 SELECT dbpool_alter_pool('masked', '{"max_size": 3, "acquire_timeout_ms": 100, "reset_query": null}');
@@ -73,6 +77,18 @@ SELECT dbpool_create_pool('m' || g, 'dbname=x', min_size => 0) FROM generate_ser
 SELECT err($$SELECT dbpool_create_pool('m6', 'dbname=x', min_size => 0)$$);
 SELECT dbpool_drop_pool('m' || g) FROM generate_series(1, 5) g;
 SELECT name FROM dbpool_pools ORDER BY name;
+
+-- a row written straight into the table (a restore) with a conninfo libpq rejects:
+-- requests fail clearly, the worker survives, and fixing the row heals the pool
+INSERT INTO dbpool_config (name, conninfo, owner, min_size, max_size, acquire_timeout_ms,
+                           query_timeout_ms, idle_timeout_ms, max_lifetime_ms)
+VALUES ('bad', 'dbname=x bogus_option=1', current_user::regrole, 1, 1, 1000, 0, 60000, 60000);
+SELECT err($$SELECT * FROM dbpool_query('bad', 'SELECT 1') AS t(x int)$$);
+SELECT name, conninfo, state FROM dbpool_pools WHERE name = 'bad';
+UPDATE dbpool_config SET conninfo = (SELECT conninfo FROM fconn) WHERE name = 'bad';
+SELECT dbpool_alter_pool('bad', '{}');
+SELECT * FROM dbpool_query('bad', 'SELECT 1') AS t(x int);
+SELECT dbpool_drop_pool('bad');
 
 -- the configuration table is superusers' only and dumped
 SELECT c.relname, pg_catalog.has_table_privilege('public', c.oid, 'SELECT') AS public_can_read,

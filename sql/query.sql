@@ -122,3 +122,25 @@ SELECT d, extract(month FROM d) AS month, extract(day FROM i) AS days, u
 
 SELECT dbpool_drop_pool('reset');
 SELECT dbpool_drop_pool('noreset');
+
+-- a connection that must retire the moment it opens (max_lifetime_ms = 1)
+SELECT dbpool_create_pool('shortlived', (SELECT conninfo FROM fconn), min_size => 0, max_lifetime_ms => 1);
+SELECT * FROM dbpool_query('shortlived', 'SELECT 1') AS t(x int);
+SELECT * FROM dbpool_query('shortlived', 'SELECT 2') AS t(x int);
+SELECT dbpool_drop_pool('shortlived');
+
+-- several hosts: libpq replaces the socket after the first one fails
+SELECT dbpool_create_pool('multihost',
+    format('host=/nonexistent_dbpool_dir,%s port=%s dbname=dbpool_regress_foreign',
+           current_setting('unix_socket_directories'), current_setting('port')), min_size => 0);
+SELECT * FROM dbpool_query('multihost', 'SELECT 3') AS t(x int);
+SELECT dbpool_drop_pool('multihost');
+
+-- a dbpool call made while another one's result is being read is refused
+CREATE FUNCTION nested_check(int) RETURNS bool LANGUAGE sql
+    AS $$ SELECT x > 0 FROM dbpool_query('regress', 'SELECT 1') AS t(x int) $$;
+CREATE DOMAIN nested_int AS int CHECK (nested_check(VALUE));
+SELECT err($$SELECT * FROM dbpool_query('regress', 'SELECT 5') AS t(x nested_int)$$);
+SELECT * FROM dbpool_query('regress', 'SELECT 6') AS t(x int);
+DROP DOMAIN nested_int;
+DROP FUNCTION nested_check(int);

@@ -17,6 +17,7 @@ SELECT err($$SELECT dbpool_create_pool('alice', (SELECT conninfo FROM fconn), mi
 SELECT err($$SELECT dbpool_create_pool('alice', (SELECT conninfo FROM fconn) || ' password=pw passfile=/tmp/x', min_size => 0)$$);
 SELECT err($$SELECT dbpool_create_pool('alice', (SELECT conninfo FROM fconn) || ' password=pw service=foo', min_size => 0)$$);
 SELECT err($$SELECT dbpool_create_pool('alice', (SELECT conninfo FROM fconn) || ' password=pw sslcert=/tmp/c', min_size => 0)$$);
+SELECT err($$SELECT dbpool_create_pool('alice', (SELECT conninfo FROM fconn) || ' password=pw sslrootcert=/etc/passwd', min_size => 0)$$);
 SELECT dbpool_create_pool('alice', (SELECT conninfo FROM fconn) || ' password=pw', min_size => 0);
 -- the password must actually be used: this server trusts local connections
 SELECT err($$SELECT * FROM dbpool_query('alice', 'SELECT 1') AS t(x int)$$);
@@ -68,6 +69,25 @@ SELECT dbpool_create_pool('elsewhere', 'dbname=x');
 SELECT * FROM dbpool_query('regress', 'SELECT 3') AS t(x int);
 DROP EXTENSION dbpool;
 \c contrib_regression
+
+-- the worker reads the configuration as superuser: operators planted in a user schema
+-- must not run there (a sequence witnesses a call even if the read then fails)
+CREATE SEQUENCE planted_calls;
+CREATE FUNCTION public.planted_eq(oid, regrole) RETURNS bool LANGUAGE sql
+    AS $$ SELECT nextval('public.planted_calls') > 0 $$;
+CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regrole, FUNCTION = public.planted_eq);
+CREATE FUNCTION public.planted_eq2(text, text) RETURNS bool LANGUAGE sql
+    AS $$ SELECT nextval('public.planted_calls') > 0 $$;
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.planted_eq2);
+SELECT err($$SELECT * FROM dbpool_query('no_such_pool', 'SELECT 1') AS t(x int)$$);
+SELECT dbpool_alter_pool('regress', '{}');
+SELECT * FROM dbpool_query('regress', 'SELECT 4') AS t(x int);
+SELECT is_called AS planted_operator_called FROM planted_calls;
+DROP OPERATOR public.= (oid, regrole);
+DROP OPERATOR public.= (text, text);
+DROP FUNCTION public.planted_eq(oid, regrole);
+DROP FUNCTION public.planted_eq2(text, text);
+DROP SEQUENCE planted_calls;
 
 SELECT dbpool_revoke_usage('regress', 'regress_readers');
 REVOKE ALL ON fconn FROM regress_alice, regress_bob;

@@ -102,8 +102,8 @@ DbpoolExtensionSchema(void)
 	bool		isnull;
 
 	if (SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e "
-					"JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
-					"WHERE e.extname = 'dbpool'", true, 0) != SPI_OK_SELECT)
+					"JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace "
+					"WHERE e.extname OPERATOR(pg_catalog.=) 'dbpool'", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "dbpool: could not look up the extension's schema");
 	if (SPI_processed == 0)
 		return NULL;

@@ -627,20 +627,13 @@ DbpoolChannelFinishRequest(WorkerChannel *ch)
 	ch->out_final = false;
 }
 
-/* Append a native int32. */
-static void
-put_int32(StringInfo s, int32 v)
-{
-	appendBinaryStringInfo(s, (const char *) &v, 4);
-}
-
 /* Append a length-prefixed string (NULL is sent as empty). */
 static void
 put_text(StringInfo s, const char *v)
 {
 	int32		len = v ? strlen(v) : 0;
 
-	put_int32(s, len);
+	DbpoolPutInt32(s, len);
 	if (len > 0)
 		appendBinaryStringInfo(s, v, len);
 }
@@ -650,7 +643,7 @@ void
 DbpoolChannelAddRowDesc(WorkerChannel *ch, int natts)
 {
 	appendStringInfoChar(&ch->out, DBPOOL_REC_ROWDESC);
-	put_int32(&ch->out, natts);
+	DbpoolPutInt32(&ch->out, natts);
 }
 
 /* Append a 'D' record for row of res. */
@@ -664,12 +657,12 @@ DbpoolChannelAddRow(WorkerChannel *ch, const PGresult *res, int row)
 	for (i = 0; i < natts; i++)
 	{
 		if (PQgetisnull(res, row, i))
-			put_int32(&ch->out, -1);
+			DbpoolPutInt32(&ch->out, -1);
 		else
 		{
 			int			len = PQgetlength(res, row, i);
 
-			put_int32(&ch->out, len);
+			DbpoolPutInt32(&ch->out, len);
 			appendBinaryStringInfo(&ch->out, PQgetvalue(res, row, i), len);
 		}
 	}

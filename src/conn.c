@@ -25,7 +25,6 @@
 #include "dbpool.h"
 #include "worker.h"
 
-#define CLEANUP_AWAIT_CANCEL 3	/* waiting for the cancel thread before reuse */
 #define ROWS_PER_FLUSH_BYTES 8192
 
 int			DbpoolAwaitingCancels = 0;
@@ -93,6 +92,11 @@ DbpoolConnOpen(WorkerPool *pool)
 		return NULL;
 	}
 	conn->has_fd = true;
+	if (pool->keywords == NULL)
+	{
+		fail_connect(conn, "The pool's conninfo in the configuration table is invalid; fix it with dbpool_alter_pool().");
+		return NULL;
+	}
 	conn->pg = PQconnectStartParams(pool->keywords, pool->values, 0);
 	if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD)
 	{
@@ -174,6 +178,7 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 	conn->ch = ch;
 	ch->conn = conn;
 	ch->state = REQ_RUNNING;
+	conn->requests_served++;
 	conn->orphaned = false;
 	conn->result_started = false;
 	conn->status[0] = '\0';
@@ -237,7 +242,7 @@ to_pool(WorkerConn *conn)
 		DbpoolAwaitingCancels--;
 	conn->deadline = 0;
 	conn->orphaned = false;
-	conn->cleanup_step = 0;
+	conn->cleanup_step = CLEANUP_NONE;
 	DbpoolPoolRelease(conn);
 }
 
@@ -263,20 +268,20 @@ settings_drifted(PGconn *pg)
 		(ce && strcmp(ce, "UTF8") != 0);
 }
 
-/* The cleanup step after step (0: the request itself), or 0 when the connection is clean. */
-static int
-next_cleanup(WorkerConn *conn, int step)
+/* The cleanup step after step (CLEANUP_NONE: the request itself); CLEANUP_NONE when clean. */
+static CleanupStep
+next_cleanup(WorkerConn *conn, CleanupStep step)
 {
 	if (step < CLEANUP_SETTINGS && settings_drifted(conn->pg))
 		return CLEANUP_SETTINGS;
 	if (step < CLEANUP_RESET && conn->pool->settings.reset_query[0] != '\0')
 		return CLEANUP_RESET;
-	return 0;
+	return CLEANUP_NONE;
 }
 
 /* Start a cleanup step; close the connection if it cannot. */
 static void
-start_cleanup(WorkerConn *conn, int step)
+start_cleanup(WorkerConn *conn, CleanupStep step)
 {
 	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" :
 		step == CLEANUP_SETTINGS ?
@@ -328,17 +333,22 @@ request_done(WorkerConn *conn)
 		start_cleanup(conn, CLEANUP_ROLLBACK);
 	else if (ts != PQTRANS_IDLE)
 		DbpoolConnClose(conn);
-	else if (next_cleanup(conn, 0) != 0)
-		start_cleanup(conn, next_cleanup(conn, 0));
 	else
-		to_pool(conn);
+	{
+		CleanupStep next = next_cleanup(conn, CLEANUP_NONE);
+
+		if (next != CLEANUP_NONE)
+			start_cleanup(conn, next);
+		else
+			to_pool(conn);
+	}
 }
 
 /* A cleanup step ended. */
 static void
 cleanup_done(WorkerConn *conn)
 {
-	int			next;
+	CleanupStep next;
 
 	if (conn->error.len > 0 || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
 	{
@@ -350,7 +360,7 @@ cleanup_done(WorkerConn *conn)
 		return;
 	}
 	next = next_cleanup(conn, conn->cleanup_step);
-	if (next != 0)
+	if (next != CLEANUP_NONE)
 		start_cleanup(conn, next);
 	else
 		to_pool(conn);
@@ -372,6 +382,18 @@ abort_copy(WorkerConn *conn)
 	DbpoolConnClose(conn);
 }
 
+/* Bytes row of res would take in a 'D' record. */
+static Size
+row_bytes(const PGresult *res, int row)
+{
+	Size		n = 1;
+	int			i;
+
+	for (i = 0; i < PQnfields(res); i++)
+		n += 4 + PQgetlength(res, row, i);
+	return n;
+}
+
 /* One result of a running request: forward rows, remember status and errors; false for COPY. */
 static bool
 handle_result(WorkerConn *conn, PGresult *res)
@@ -389,7 +411,19 @@ handle_result(WorkerConn *conn, PGresult *res)
 			conn->result_started = true;
 			/* single-row mode: one row, or none in the TUPLES_OK that ends the set */
 			for (i = 0; rows && i < PQntuples(res); i++)
+			{
+				if (row_bytes(res, i) > DBPOOL_MAX_MESSAGE_BYTES)
+				{
+					DbpoolConnFailRequest(conn, "54000",
+										  psprintf("a row from pool \"%s\" is too large", conn->pool->name),
+										  psprintf("dbpool passes rows of at most %d MB.",
+												   DBPOOL_MAX_MESSAGE_BYTES / (1024 * 1024)),
+										  NULL);
+					DbpoolConnOrphan(conn);	/* cancel and drain the rest */
+					return true;
+				}
 				DbpoolChannelAddRow(ch, res, i);
+			}
 			if (PQresultStatus(res) == PGRES_TUPLES_OK)
 			{
 				conn->result_started = false;
@@ -415,6 +449,16 @@ handle_result(WorkerConn *conn, PGresult *res)
 				DbpoolErrorRecordFromResult(&conn->error, res);
 			return true;
 	}
+}
+
+/* Drop NOTIFY messages a caller's LISTEN left behind (libpq would keep them). */
+static void
+drain_notifies(PGconn *pg)
+{
+	PGnotify   *n;
+
+	while ((n = PQnotifies(pg)) != NULL)
+		PQfreemem(n);
 }
 
 /* The connection broke while serving: answer the client and close. */
@@ -455,6 +499,7 @@ process_results(WorkerConn *conn)
 		}
 	}
 	conn->readable = conn->writable = false;
+	drain_notifies(pg);
 
 	for (;;)
 	{
@@ -505,11 +550,13 @@ DbpoolConnProcess(WorkerConn *conn)
 				return;
 			conn->readable = conn->writable = false;
 			conn->poll = PQconnectPoll(conn->pg);
-			if (PQsocket(conn->pg) != conn->sock)
-			{
-				conn->sock = PQsocket(conn->pg);
-				DbpoolWorkerSocketsChanged();
-			}
+			/*
+			 * libpq may close the socket and open another (multi-host, failover),
+			 * possibly with the same number, which epoll has forgotten: always
+			 * re-register.  Connects are rare.
+			 */
+			conn->sock = PQsocket(conn->pg);
+			DbpoolWorkerSocketsChanged();
 			if (conn->poll == PGRES_POLLING_FAILED)
 				fail_connect(conn, conn_error(conn));
 			else if (conn->poll == PGRES_POLLING_OK)
@@ -551,6 +598,7 @@ DbpoolConnProcess(WorkerConn *conn)
 					break;
 				PQclear(res);
 			}
+			drain_notifies(conn->pg);
 			return;
 		case CONN_ACTIVE:
 		case CONN_CLEANUP:
@@ -611,12 +659,12 @@ DbpoolConnClose(WorkerConn *conn)
 		DbpoolConnFailRequest(conn, "08006",
 							  psprintf("lost the connection to pool \"%s\"", pool->name),
 							  NULL, NULL);
-	if (conn->state == CONN_IDLE)
+	if (conn->on_idle_list)
 	{
 		dlist_delete(&conn->idle_node);
 		pool->nidle--;
 	}
-	else if (conn->state == CONN_CONNECTING)
+	if (conn->state == CONN_CONNECTING)
 		pool->nconnecting--;
 	else if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
 		DbpoolAwaitingCancels--;

@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -30,6 +31,7 @@
 #define DBPOOL_WORKER_WAIT_MS	4000	/* how long a caller waits for the worker */
 #define DBPOOL_DROP_GRACE_MS	10000	/* queries of a dropped pool may finish */
 #define DBPOOL_CANCEL_GRACE_MS	5000	/* a cancelled query must end by then */
+#define DBPOOL_MAX_MESSAGE_BYTES (256 * 1024 * 1024)	/* a request or a row, at most */
 #define DBPOOL_PASSWORD_MASK	"********"
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
 
@@ -196,6 +198,13 @@ extern void DbpoolChannelAbandon(void);
  *	'E' 5-byte SQLSTATE, 4 * (int32 len, bytes): message, detail, hint, context
  *										final: an error
  */
+/* Append a native int32 to a request or response. */
+static inline void
+DbpoolPutInt32(StringInfo buf, int32 v)
+{
+	appendBinaryStringInfo(buf, (const char *) &v, 4);
+}
+
 #define DBPOOL_REQ_QUERY	'Q'
 #define DBPOOL_REQ_EXEC		'X'
 #define DBPOOL_REC_ROWDESC	'T'

@@ -81,7 +81,9 @@ grow(WorkerPool *pool)
 	{
 		if (DbpoolWorkerTotalConns >= DbpoolMaxConnections)
 		{
-			DbpoolWorkerServeNeeded = true; /* may free an idle slot elsewhere */
+			/* an idle connection elsewhere can give up its slot, now or later */
+			DbpoolWorkerCapBlocked = true;
+			DbpoolWorkerServeNeeded = true;
 			break;
 		}
 		if (DbpoolConnOpen(pool) == NULL)
@@ -101,6 +103,7 @@ DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
 		WorkerConn *conn = dlist_container(WorkerConn, idle_node,
 										   dlist_pop_head_node(&pool->idle));
 
+		conn->on_idle_list = false;
 		pool->nidle--;
 		DbpoolConnStart(conn, ch);
 		DbpoolPoolPublish(pool);
@@ -141,7 +144,11 @@ fail_waiter(WorkerChannel *ch, const char *sqlstate, const char *message,
 	DbpoolChannelError(ch, sqlstate, message, detail, hint);
 }
 
-/* Whether this connection should be closed rather than reused. */
+/*
+ * Whether this connection should be closed rather than reused.  A connection
+ * past max_lifetime_ms still serves the request it was opened for: otherwise
+ * a lifetime shorter than a connect would never serve anyone.
+ */
 static bool
 should_retire(WorkerConn *conn, TimestampTz now)
 {
@@ -150,7 +157,7 @@ should_retire(WorkerConn *conn, TimestampTz now)
 	return conn->retire || pool->dropping ||
 		conn->conninfo_gen != pool->conninfo_gen ||
 		pool->nconns > pool->settings.max_size ||
-		(pool->settings.max_lifetime_ms > 0 &&
+		(pool->settings.max_lifetime_ms > 0 && conn->requests_served > 0 &&
 		 now >= TimestampTzPlusMilliseconds(conn->created_at, pool->settings.max_lifetime_ms));
 }
 
@@ -178,7 +185,10 @@ DbpoolPoolRelease(WorkerConn *conn)
 	else
 	{
 		dlist_push_head(&pool->idle, &conn->idle_node);
+		conn->on_idle_list = true;
 		pool->nidle++;
+		if (DbpoolWorkerCapBlocked)
+			DbpoolWorkerServeNeeded = true; /* a pool waiting for the cap may take it */
 	}
 	DbpoolPoolPublish(pool);
 }
@@ -274,6 +284,7 @@ DbpoolPoolServeAll(void)
 	dlist_iter	it;
 
 	DbpoolWorkerServeNeeded = false;
+	DbpoolWorkerCapBlocked = false; /* grow() sets it again if still so */
 	dlist_foreach(it, &DbpoolWorkerPools)
 	{
 		WorkerPool *pool = dlist_container(WorkerPool, node, it.cur);
@@ -285,7 +296,6 @@ DbpoolPoolServeAll(void)
 			;
 		grow(pool);
 	}
-	DbpoolWorkerServeNeeded = false;
 }
 
 /* Free a dropped pool whose connections are all gone. */
@@ -300,11 +310,8 @@ free_pool(WorkerPool *pool)
 	dlist_delete(&pool->node);
 	if (pool->conninfo)
 		pfree(pool->conninfo);
-	if (pool->keywords)
-	{
-		pfree(pool->keywords);
-		pfree(pool->values);
-	}
+	if (pool->params_cxt)
+		MemoryContextDelete(pool->params_cxt);
 	pfree(pool);
 }
 
@@ -329,6 +336,9 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 		fail_waiter(ch, "53300",
 					psprintf("could not acquire a connection from pool \"%s\" within %d ms",
 							 pool->name, pool->settings.acquire_timeout_ms),
+					DbpoolWorkerTotalConns >= DbpoolMaxConnections && pool->nconns < pool->settings.max_size ?
+					psprintf("All dbpool.max_connections (%d) connections of all pools are in use; this pool has %d of max_size %d, and %d requests are waiting.",
+							 DbpoolMaxConnections, pool->nconns, pool->settings.max_size, pool->nwaiting) :
 					psprintf("%d of max_size %d connections are busy and %d requests are waiting.",
 							 active, pool->settings.max_size, pool->nwaiting),
 					"Raise max_size or acquire_timeout_ms with dbpool_alter_pool(), or lower the load on the pool.");
@@ -340,11 +350,14 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 
 		if (conn->state == CONN_IDLE)
 		{
+			bool		unused_expired = conn->requests_served == 0 &&
+				pool->settings.max_lifetime_ms > 0 &&
+				now >= TimestampTzPlusMilliseconds(conn->created_at, pool->settings.max_lifetime_ms);
 			bool		idle_expired = pool->settings.idle_timeout_ms > 0 &&
 				pool->nconns > pool->settings.min_size &&
 				now >= TimestampTzPlusMilliseconds(conn->state_since, pool->settings.idle_timeout_ms);
 
-			if (idle_expired || should_retire(conn, now))
+			if (idle_expired || unused_expired || should_retire(conn, now))
 				DbpoolConnClose(conn);
 		}
 		else if (pool->dropping && conn->ch && now >= pool->drop_deadline)
@@ -395,17 +408,15 @@ DbpoolPoolTick(TimestampTz now)
 		pool_tick(dlist_container(WorkerPool, node, it.cur), now);
 }
 
-/* Build libpq's keyword/value arrays: our defaults, the pool's conninfo, then what we force. */
+/*
+ * Build libpq's keyword/value arrays: our defaults, the pool's conninfo, then
+ * what we force.  They live in pool->params_cxt, rebuilt on every change.  On
+ * a conninfo libpq cannot parse the arrays are left NULL: connection attempts
+ * then fail with a clear error instead of reaching an old target.
+ */
 static bool
 build_params(WorkerPool *pool)
 {
-	PQconninfoOption *opts;
-	PQconninfoOption *o;
-	char	   *err = NULL;
-	int			n = 0,
-				max;
-	const char *user_options = NULL;
-	int			connect_timeout = 10;
 	static const char *const defaults[][2] = {
 		{"connect_timeout", "10"},
 		{"keepalives", "1"},
@@ -413,7 +424,21 @@ build_params(WorkerPool *pool)
 		{"keepalives_interval", "10"},
 		{"keepalives_count", "3"},
 	};
+	PQconninfoOption *opts;
+	PQconninfoOption *o;
+	char	   *err = NULL;
+	int			n = 0,
+				max = lengthof(defaults) + 4;
+	const char *user_options = NULL;
+	int			connect_timeout = 10;
+	MemoryContext old;
 	int			i;
+
+	if (pool->params_cxt == NULL)
+		pool->params_cxt = AllocSetContextCreate(DbpoolWorkerContext, "dbpool pool params",
+												 ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(pool->params_cxt);
+	pool->keywords = pool->values = NULL;
 
 	opts = PQconninfoParse(pool->conninfo, &err);
 	if (opts == NULL)
@@ -422,16 +447,11 @@ build_params(WorkerPool *pool)
 			PQfreemem(err);
 		return false;
 	}
-	for (o = opts, max = 0; o->keyword; o++)
+	for (o = opts; o->keyword; o++)
 		max++;
-	max += lengthof(defaults) + 4;
-	if (pool->keywords)
-	{
-		pfree(pool->keywords);
-		pfree(pool->values);
-	}
-	pool->keywords = MemoryContextAllocZero(DbpoolWorkerContext, sizeof(char *) * max);
-	pool->values = MemoryContextAllocZero(DbpoolWorkerContext, sizeof(char *) * max);
+	old = MemoryContextSwitchTo(pool->params_cxt);
+	pool->keywords = palloc0(sizeof(char *) * max);
+	pool->values = palloc0(sizeof(char *) * max);
 	for (i = 0; i < (int) lengthof(defaults); i++)
 	{
 		pool->keywords[n] = defaults[i][0];
@@ -439,31 +459,28 @@ build_params(WorkerPool *pool)
 	}
 	for (o = opts; o->keyword; o++)
 	{
-		if (o->val == NULL)
+		if (o->val == NULL || strcmp(o->keyword, "client_encoding") == 0)
 			continue;
 		if (strcmp(o->keyword, "options") == 0)
 		{
 			user_options = o->val;
 			continue;
 		}
-		if (strcmp(o->keyword, "client_encoding") == 0)
-			continue;
 		if (strcmp(o->keyword, "connect_timeout") == 0)
 			connect_timeout = atoi(o->val);
-		pool->keywords[n] = MemoryContextStrdup(DbpoolWorkerContext, o->keyword);
-		pool->values[n++] = MemoryContextStrdup(DbpoolWorkerContext, o->val);
+		pool->keywords[n] = pstrdup(o->keyword);
+		pool->values[n++] = pstrdup(o->val);
 	}
 	pool->keywords[n] = "fallback_application_name";
 	pool->values[n++] = "dbpool";
 	pool->keywords[n] = "client_encoding";
 	pool->values[n++] = "UTF8";
 	pool->keywords[n] = "options";
-	pool->values[n++] = MemoryContextStrdup(DbpoolWorkerContext,
-											psprintf("%s%s-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3",
-													 user_options ? user_options : "",
-													 user_options ? " " : ""));
+	pool->values[n++] = psprintf("%s%s-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3",
+								 user_options ? user_options : "", user_options ? " " : "");
 	pool->keywords[n] = NULL;
 	pool->values[n] = NULL;
+	MemoryContextSwitchTo(old);
 	/* libpq treats 1 as 2 and <= 0 as none; we enforce it ourselves, never unbounded */
 	pool->connect_timeout_ms = (connect_timeout <= 0 ? 10 : Max(connect_timeout, 2)) * 1000;
 	PQconninfoFree(opts);
@@ -565,10 +582,13 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 {
 	bool		conninfo_changed = pool->conninfo == NULL ||
 		strcmp(pool->conninfo, cfg->conninfo) != 0;
+	bool		demoted = pool->owner_is_superuser && !cfg->owner_is_superuser;
 	dlist_mutable_iter it;
 
 	pool->settings = cfg->settings;
 	pool->owner_is_superuser = cfg->owner_is_superuser;
+	if (demoted)
+		pool->conninfo_gen++;	/* its connections passed a check the owner would not now */
 	if (conninfo_changed)
 	{
 		if (pool->conninfo)
@@ -588,7 +608,7 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 
 		if (conn->state == CONN_IDLE && should_retire(conn, GetCurrentTimestamp()))
 			DbpoolConnClose(conn);
-		else if (conn->state == CONN_CONNECTING && conninfo_changed)
+		else if (conn->state == CONN_CONNECTING && (conninfo_changed || demoted))
 			DbpoolConnClose(conn);
 	}
 	publish_config(pool, cfg);

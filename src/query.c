@@ -28,6 +28,9 @@
 PG_FUNCTION_INFO_V1(dbpool_query);
 PG_FUNCTION_INFO_V1(dbpool_exec);
 
+/* A request is on this session's channel: a nested call would mix two responses. */
+static bool request_in_progress = false;
+
 /* What a request needs to know of its pool. */
 typedef struct PoolRef
 {
@@ -125,13 +128,6 @@ lookup_pool(const char *name, PoolRef *ref)
 	strlcpy(ref->name, name, sizeof(ref->name));
 }
 
-/* Append a native int32. */
-static void
-put_int32(StringInfo buf, int32 v)
-{
-	appendBinaryStringInfo(buf, (const char *) &v, 4);
-}
-
 /* Append a string converted to UTF8, length-prefixed and NUL-terminated. */
 static void
 put_utf8(StringInfo buf, const char *s)
@@ -140,10 +136,22 @@ put_utf8(StringInfo buf, const char *s)
 	char	   *u = pg_server_to_any(s, len, PG_UTF8);
 
 	len = strlen(u);
-	put_int32(buf, len);
+	DbpoolPutInt32(buf, len);
 	appendBinaryStringInfo(buf, u, len + 1);
 	if (u != s)
 		pfree(u);
+}
+
+/* Raise 54000 if the request grew past what the worker accepts. */
+static void
+check_request_size(StringInfo buf)
+{
+	if (buf->len > DBPOOL_MAX_MESSAGE_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("dbpool request is too large"),
+				 errdetail("The query text and parameters of one call are limited to %d MB.",
+						   DBPOOL_MAX_MESSAGE_BYTES / (1024 * 1024))));
 }
 
 /* Build the request message (see dbpool.h). */
@@ -159,7 +167,7 @@ build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, Ar
 	appendBinaryStringInfo(buf, (const char *) &user, sizeof(Oid));
 	if (params == NULL)
 	{
-		put_int32(buf, -1);
+		DbpoolPutInt32(buf, -1);
 		put_utf8(buf, sql);
 	}
 	else
@@ -179,16 +187,18 @@ build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, Ar
 					(errcode(ERRCODE_TOO_MANY_ARGUMENTS),
 					 errmsg("too many parameters: %d", n),
 					 errdetail("A query can have at most 65535 parameters.")));
-		put_int32(buf, n);
+		DbpoolPutInt32(buf, n);
 		put_utf8(buf, sql);
 		for (i = 0; i < n; i++)
 		{
 			if (nulls[i])
-				put_int32(buf, -1);
+				DbpoolPutInt32(buf, -1);
 			else
 				put_utf8(buf, TextDatumGetCString(elems[i]));
+			check_request_size(buf);
 		}
 	}
+	check_request_size(buf);
 }
 
 /* Read a native int32 from a record; raise if the message is short. */
@@ -382,6 +392,11 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	params = PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2);
 
+	if (request_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("dbpool calls cannot be nested"),
+				 errdetail("dbpool_query or dbpool_exec was called while this session was reading another dbpool result, for example from an input function or a domain check.")));
 	/* the worker first: a restarted worker re-reads the pools before we look */
 	(void) DbpoolChannelOpen();
 	lookup_pool(pool, &ref);
@@ -389,6 +404,7 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	build_request(&req, kind, &ref, sql, params);
 
 	nest = sink ? set_parse_settings() : -1;
+	request_in_progress = true;
 	PG_TRY();
 	{
 		DbpoolChannelSend(req.data, req.len);
@@ -396,11 +412,13 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	}
 	PG_CATCH();
 	{
+		request_in_progress = false;
 		if (!finished)
 			DbpoolChannelAbandon();	/* the worker cancels the remote query */
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	request_in_progress = false;
 	if (nest >= 0)
 		AtEOXact_GUC(true, nest);
 	pfree(req.data);

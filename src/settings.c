@@ -27,9 +27,14 @@ const DbpoolSettingDesc DbpoolSettingDescs[] = {
 };
 const int	DbpoolNumSettings = lengthof(DbpoolSettingDescs);
 
-/* Connection options a non-superuser's pool may not use: they fetch credentials elsewhere. */
+/*
+ * Connection options a non-superuser's pool may not use: they fetch
+ * credentials from the server's files, or would let its owner probe which
+ * files exist there.
+ */
 static const char *const forbidden_options[] = {
-	"passfile", "service", "sslcert", "sslkey", "sslpassword", "gssdelegation", NULL
+	"passfile", "service", "sslcert", "sslkey", "sslpassword", "sslrootcert", "sslcrl",
+	"sslcrldir", "gssdelegation", NULL
 };
 
 /* Fill s with every setting's default. */
@@ -169,7 +174,7 @@ DbpoolValidateConninfo(const char *conninfo, bool owner_is_superuser)
 						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 						 errmsg("connection option \"%s\" is not allowed in a pool owned by a non-superuser",
 								*f),
-						 errdetail("It would let the pool use credentials of the server's operating system user.")));
+						 errdetail("It would let the pool use files of the server's operating system user.")));
 			}
 	}
 	PQconninfoFree(opts);
@@ -195,7 +200,8 @@ DbpoolRedactConninfo(const char *conninfo)
 
 		if (o->val == NULL)
 			continue;
-		v = strcmp(o->keyword, "password") == 0 ? DBPOOL_PASSWORD_MASK : o->val;
+		/* libpq marks secret options (password, sslpassword, ...) with dispchar '*' */
+		v = (o->dispchar && o->dispchar[0] == '*') ? DBPOOL_PASSWORD_MASK : o->val;
 		if (buf.len > 0)
 			appendStringInfoChar(&buf, ' ');
 		appendStringInfo(&buf, "%s=", o->keyword);

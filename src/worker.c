@@ -36,6 +36,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/procsignal.h"
 #include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
@@ -55,6 +56,7 @@
 #define RETRY_MIN_MS		1000	/* after a failed read, doubling ... */
 #define RETRY_MAX_MS		16000	/* ... up to this */
 #define CONFIG_LOCK_TIMEOUT	"50"	/* ms the read may wait for a lock on the table */
+#define RECONCILE_MIN_GAP_MS 25		/* requested re-reads: at most one per this */
 #define WAIT_LOG_INTERVAL_MS 60000
 
 PGDLLEXPORT void DbpoolWorkerMain(Datum main_arg);
@@ -63,6 +65,7 @@ MemoryContext DbpoolWorkerContext = NULL;
 dlist_head	DbpoolWorkerPools = DLIST_STATIC_INIT(DbpoolWorkerPools);
 int			DbpoolWorkerTotalConns = 0;
 bool		DbpoolWorkerServeNeeded = false;
+bool		DbpoolWorkerCapBlocked = false;	/* a pool waits for room under the global cap */
 
 static bool sockets_changed = true;
 static dlist_head blocked_channels = DLIST_STATIC_INIT(blocked_channels);
@@ -72,6 +75,8 @@ static TimestampTz next_refresh = 0;
 static TimestampTz last_read_error_log = 0;
 static TimestampTz retry_at = 0;	/* after a failed read, not before this */
 static int	retry_ms = 0;
+static TimestampTz last_reconcile = 0;
+static MemoryContext loop_cxt = NULL;
 
 /* Connections changed sockets: rebuild the wait set before the next wait. */
 void
@@ -237,9 +242,11 @@ config_query(const char *schema)
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT c.name, c.conninfo, c.owner::pg_catalog.oid, "
-					 "COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.owner), false), "
+					 "COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_authid r "
+					 "WHERE r.oid OPERATOR(pg_catalog.=) c.owner::pg_catalog.oid), false), "
 					 "c.created_at, "
-					 "ARRAY(SELECT g.role::pg_catalog.oid FROM %s.dbpool_grant g WHERE g.pool = c.name)",
+					 "ARRAY(SELECT g.role::pg_catalog.oid FROM %s.dbpool_grant g "
+					 "WHERE g.pool OPERATOR(pg_catalog.=) c.name)",
 					 qs);
 	for (i = 0; i < DbpoolNumSettings; i++)
 		appendStringInfo(&sql, ", c.%s", DbpoolSettingDescs[i].name);
@@ -268,6 +275,9 @@ read_config(MemoryContext cxt, List **configs, bool *ext_missing)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		(void) set_config_option("lock_timeout", CONFIG_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+		/* we run as superuser: nothing from user schemas may be resolved */
+		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		pgstat_report_activity(STATE_RUNNING, "dbpool: reading the pool configuration");
 		schema = DbpoolExtensionSchema();
@@ -511,12 +521,16 @@ DbpoolWorkerMain(Datum main_arg)
 	SpinLockRelease(&DbpoolShmem->mutex);
 	ereport(LOG, (errmsg("dbpool worker started (database \"%s\")", DbpoolDatabase)));
 
+	/* what one iteration allocates in passing (error texts, ...) is freed at the next */
+	loop_cxt = AllocSetContextCreate(DbpoolWorkerContext, "dbpool loop", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
 		TimestampTz now;
 		long		timeout;
 		int			n;
 
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
 		update_wait_set();
 		now = GetCurrentTimestamp();
 		if (next_tick == 0)
@@ -547,13 +561,35 @@ DbpoolWorkerMain(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		/*
+		 * Serve the interrupts other backends wait for (DROP DATABASE waits
+		 * for every process to absorb a barrier), without CHECK_FOR_INTERRUPTS:
+		 * a cancel aimed at the worker must not end it and every pool with it.
+		 */
+		if (ProcSignalBarrierPending)
+			ProcessProcSignalBarrier();
+		if (LogMemoryContextPending)
+			ProcessLogMemoryContextInterrupt();
+		QueryCancelPending = false;
 
 		now = GetCurrentTimestamp();
-		if ((now >= next_refresh ||
-			 pg_atomic_read_u64(&DbpoolShmem->config_requested) >
-			 pg_atomic_read_u64(&DbpoolShmem->config_applied)) &&
-			now >= retry_at)
+		/*
+		 * A committed change or a lookup miss asks for a re-read; misses are
+		 * anyone's to make, so requests are served at most once per
+		 * RECONCILE_MIN_GAP_MS (all pending ones at once).
+		 */
+		if (pg_atomic_read_u64(&DbpoolShmem->config_requested) >
+			pg_atomic_read_u64(&DbpoolShmem->config_applied) &&
+			now < TimestampTzPlusMilliseconds(last_reconcile, RECONCILE_MIN_GAP_MS))
+			DbpoolWorkerDeadline(TimestampTzPlusMilliseconds(last_reconcile, RECONCILE_MIN_GAP_MS));
+		else if ((now >= next_refresh ||
+				  pg_atomic_read_u64(&DbpoolShmem->config_requested) >
+				  pg_atomic_read_u64(&DbpoolShmem->config_applied)) &&
+				 now >= retry_at)
+		{
+			last_reconcile = now;
 			reconcile();
+		}
 
 		DbpoolWorkerProcessPending();
 		process_blocked();

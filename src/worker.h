@@ -64,9 +64,15 @@ typedef struct WorkerChannel
 	bool		blocked;
 } WorkerChannel;
 
-#define CLEANUP_ROLLBACK	1	/* a request left a transaction open */
-#define CLEANUP_SETTINGS	2	/* a caller changed DateStyle, IntervalStyle or client_encoding */
-#define CLEANUP_RESET		4	/* the pool's reset_query */
+/* What a connection in CONN_CLEANUP is doing; the first three run in this order. */
+typedef enum CleanupStep
+{
+	CLEANUP_NONE = 0,
+	CLEANUP_ROLLBACK,			/* a request left a transaction open */
+	CLEANUP_SETTINGS,			/* a caller changed DateStyle, IntervalStyle or client_encoding */
+	CLEANUP_RESET,				/* the pool's reset_query */
+	CLEANUP_AWAIT_CANCEL		/* waiting for the cancel thread before reuse */
+} CleanupStep;
 
 typedef enum ConnState
 {
@@ -80,7 +86,8 @@ typedef enum ConnState
 struct WorkerConn
 {
 	dlist_node	pool_node;		/* in pool->conns */
-	dlist_node	idle_node;		/* in pool->idle while CONN_IDLE */
+	dlist_node	idle_node;		/* in pool->idle while on_idle_list */
+	bool		on_idle_list;	/* IDLE and waiting in pool->idle (not just connected) */
 	WorkerPool *pool;
 	PGconn	   *pg;
 	ConnState	state;
@@ -95,6 +102,7 @@ struct WorkerConn
 	TimestampTz state_since;
 	TimestampTz deadline;		/* connect, query, cancel or drop deadline; 0 = none */
 	uint32		conninfo_gen;	/* pool->conninfo_gen when opened */
+	uint64		requests_served;
 	bool		retire;			/* close instead of returning to the pool */
 
 	/* the request */
@@ -105,7 +113,7 @@ struct WorkerConn
 	bool		result_started;	/* a 'T' was sent for the current result set */
 	char		status[64];		/* command status of the last statement */
 	StringInfoData error;		/* the first error record, if any */
-	int			cleanup_step;	/* CLEANUP_* */
+	CleanupStep cleanup_step;
 };
 
 /* One pool: its settings, connections and waiting requests. */
@@ -118,8 +126,9 @@ struct WorkerPool
 	DbpoolSettings settings;
 	char	   *conninfo;		/* with password: worker memory only */
 	uint32		conninfo_gen;
-	const char **keywords;		/* connection parameters built from conninfo */
-	const char **values;
+	const char **keywords;		/* connection parameters built from conninfo; */
+	const char **values;		/* NULL if it does not parse */
+	MemoryContext params_cxt;	/* holds them */
 	int			connect_timeout_ms;
 	bool		owner_is_superuser;
 	bool		dropping;
@@ -148,6 +157,7 @@ extern void DbpoolWorkerSocketsChanged(void);
 extern void DbpoolWorkerBlocked(WorkerChannel *ch);
 extern void DbpoolWorkerDeadline(TimestampTz t);
 extern bool DbpoolWorkerServeNeeded;
+extern bool DbpoolWorkerCapBlocked;
 
 /* channel.c, worker side */
 extern WorkerChannel *DbpoolWorkerChannels;
