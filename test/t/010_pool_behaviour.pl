@@ -62,6 +62,16 @@ for my $b (@bg)
 	ok($out =~ /^\d+$/ && $out <= 3, "still at most 3 on F ($out)");
 }
 is(apps('cap_a'), '0', "cap_a's idle connections were closed to make room");
+# cap_a holds all three slots busy; a cap_b request waits, and gets a slot when they go idle
+@bg = map { start_bg($l, sprintf($seen, 'cap_a', 2)) } 1 .. 3;
+ok(poll_until($f, q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cap_a' AND state = 'active'}, '3'),
+	'cap_a holds every slot');
+my $late = start_bg($l, sprintf($seen, 'cap_b', 0));
+ok(poll_until($l, waiting_sql('pg_sleep(0)'), '1'), 'a cap_b request waits for a slot');
+is((finish_bg($_))[0], 0, 'cap_a query finishes') for @bg;
+my ($late_ret, $late_out, $late_err) = finish_bg($late);
+is($late_ret, 0, 'the waiting cap_b request gets a slot once cap_a goes idle') or diag($late_err);
+
 
 # --- FIFO: waiters are served in the order they came -----------------------------------
 create_pool('fifo', 'fifo', 'min_size => 0, max_size => 1');
@@ -141,6 +151,12 @@ like($r->{err}, qr/timeout expired/, 'saying the connection timed out');
 query_ok($l, q{SELECT x FROM dbpool_query('locked', 'SELECT 8') AS t(x int)}, '8',
 	'other pools are unaffected');
 close($silent);
+
+# --- the worker does not hold up DROP DATABASE (it serves ProcSignalBarriers) ---------
+$l->safe_psql('postgres', 'CREATE DATABASE scratch');
+$r = run_sql($l, 'DROP DATABASE scratch', timeout => 15);
+ok(!$r->{timed_out} && $r->{ret} == 0, 'DROP DATABASE completes without waiting for the worker')
+  or diag($r->{err});
 
 # --- before dbpool.database exists: 57P03 for callers, one log line --------------------
 my $l3 = PostgreSQL::Test::Cluster->new('L3', port => 25582);
