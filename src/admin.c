@@ -5,9 +5,8 @@
  * The configuration table in dbpool.database is the truth.  These functions
  * check privileges in C, validate everything, and change the table through
  * SPI as the bootstrap superuser (the table is not readable by others).  At
- * commit a transaction callback wakes the worker, which reconciles; this
- * session's next lookup waits for that (DbpoolMyConfigTarget), and another
- * session's lookup that misses asks for a re-read of its own.
+ * commit a transaction callback wakes the worker, which reconciles; every
+ * session's next lookup waits for that (DbpoolWaitForCommittedConfig).
  */
 #include "postgres.h"
 
@@ -45,7 +44,7 @@ admin_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (config_changed)
-				DbpoolMyConfigTarget = DbpoolRequestReconcile();
+				DbpoolNoteCommittedConfig(DbpoolRequestReconcile());
 			config_changed = false;
 			break;
 		case XACT_EVENT_ABORT:

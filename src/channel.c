@@ -92,8 +92,23 @@ DbpoolWaitForWorker(void)
 	}
 }
 
-/* The reconcile request this session's last committed change made (0: none). */
-uint64		DbpoolMyConfigTarget = 0;
+/* Record that a committed change made reconcile request target. */
+void
+DbpoolNoteCommittedConfig(uint64 target)
+{
+	uint64		cur = pg_atomic_read_u64(&DbpoolShmem->config_committed);
+
+	while (cur < target &&
+		   !pg_atomic_compare_exchange_u64(&DbpoolShmem->config_committed, &cur, target))
+		;
+}
+
+/* Wait (bounded) until the worker has applied every committed configuration change. */
+void
+DbpoolWaitForCommittedConfig(void)
+{
+	DbpoolWaitForReconcile(pg_atomic_read_u64(&DbpoolShmem->config_committed));
+}
 
 /* Wait (bounded) until the worker has applied reconcile request target. */
 void

@@ -147,6 +147,7 @@ typedef struct DbpoolShared
 	TimestampTz last_wait_log;	/* rate limit for "waiting for ..." lines */
 	pg_atomic_uint64 config_requested;	/* bumped by committed admin changes */
 	pg_atomic_uint64 config_applied;	/* last request the worker applied */
+	pg_atomic_uint64 config_committed;	/* the request of the latest committed change */
 	uint64		next_pool_id;	/* worker only */
 	int			nchannels;
 	Size		channel_stride;
@@ -174,7 +175,8 @@ extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
 extern void DbpoolWaitForWorker(void);
 extern void DbpoolWaitForReconcile(uint64 target);
-extern uint64 DbpoolMyConfigTarget;
+extern void DbpoolWaitForCommittedConfig(void);
+extern void DbpoolNoteCommittedConfig(uint64 target);
 extern uint32 DbpoolChannelOpen(void);
 extern void DbpoolChannelSend(const char *data, Size len);
 extern void DbpoolChannelReceive(const char **data, Size *len);

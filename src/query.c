@@ -106,7 +106,7 @@ lookup_pool(const char *name, PoolRef *ref)
 	int			ngrantees = 0;
 	bool		found;
 
-	DbpoolWaitForReconcile(DbpoolMyConfigTarget);
+	DbpoolWaitForCommittedConfig();
 	found = find_pool(name, ref, &owner, grantees, &ngrantees);
 	if (!found || !may_use(owner, grantees, ngrantees))
 	{

@@ -19,7 +19,10 @@
  *	- config_requested is bumped by a backend that needs the worker to re-read
  *	  the configuration (its transaction changed it, or a lookup missed);
  *	  config_applied, the last request the worker has applied, is written by
- *	  the worker only.  A backend waits only for a request of its own.
+ *	  the worker only.  config_committed holds the request of the latest
+ *	  committed change (raised, never lowered, by a compare-and-exchange
+ *	  loop): every lookup waits for it, so a committed change is seen by the
+ *	  very next statement anywhere; a miss waits only for its own request.
  *	- Channel i belongs to the backend with BackendId i + 1.  Its state is
  *	  protected by the channel's spinlock and moves only:
  *		FREE -> ACTIVE			backend, after creating the queues
@@ -110,6 +113,7 @@ DbpoolShmemStartup(void)
 		SpinLockInit(&DbpoolShmem->mutex);
 		pg_atomic_init_u64(&DbpoolShmem->config_requested, 1);
 		pg_atomic_init_u64(&DbpoolShmem->config_applied, 0);
+		pg_atomic_init_u64(&DbpoolShmem->config_committed, 0);
 		DbpoolShmem->next_pool_id = 1;
 		for (i = 0; i < DbpoolMaxPools; i++)
 		{

@@ -45,7 +45,7 @@ dbpool_pools(PG_FUNCTION_ARGS)
 
 	DbpoolCheckLoaded();
 	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForReconcile(DbpoolMyConfigTarget);
+	DbpoolWaitForCommittedConfig();
 
 	copy = palloc(sizeof(DbpoolPoolSlot) * DbpoolMaxPools);
 	LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
