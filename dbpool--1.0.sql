@@ -27,6 +27,21 @@ CREATE TABLE dbpool_grant (
 );
 
 REVOKE ALL ON dbpool_config, dbpool_grant FROM PUBLIC;
+
+-- Whatever writes the configuration (the functions below, a restore, a direct edit), the
+-- worker re-reads it when the transaction commits.
+CREATE FUNCTION dbpool_config_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'dbpool_config_trigger'
+LANGUAGE C;
+
+CREATE TRIGGER dbpool_config_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dbpool_config
+    FOR EACH STATEMENT EXECUTE FUNCTION dbpool_config_trigger();
+
+CREATE TRIGGER dbpool_grant_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dbpool_grant
+    FOR EACH STATEMENT EXECUTE FUNCTION dbpool_config_trigger();
 SELECT pg_catalog.pg_extension_config_dump('dbpool_config', '');
 SELECT pg_catalog.pg_extension_config_dump('dbpool_grant', '');
 

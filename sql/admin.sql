@@ -86,7 +86,6 @@ VALUES ('bad', 'dbname=x bogus_option=1', current_user::regrole, 1, 1, 1000, 0, 
 SELECT err($$SELECT * FROM dbpool_query('bad', 'SELECT 1') AS t(x int)$$);
 SELECT name, conninfo, state FROM dbpool_pools WHERE name = 'bad';
 UPDATE dbpool_config SET conninfo = (SELECT conninfo FROM fconn) WHERE name = 'bad';
-SELECT dbpool_alter_pool('bad', '{}');
 SELECT * FROM dbpool_query('bad', 'SELECT 1') AS t(x int);
 SELECT dbpool_drop_pool('bad');
 

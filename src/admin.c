@@ -4,15 +4,18 @@
  *
  * The configuration table in dbpool.database is the truth.  These functions
  * check privileges in C, validate everything, and change the table through
- * SPI as the bootstrap superuser (the table is not readable by others).  At
- * commit a transaction callback wakes the worker, which reconciles; every
- * session's next lookup waits for that (DbpoolWaitForCommittedConfig).
+ * SPI as the bootstrap superuser (the table is not readable by others).  A
+ * statement trigger on the tables notes any change (theirs, a restore's, a
+ * direct edit's); at commit a transaction callback wakes the worker, which
+ * reconciles, and every session's next lookup waits for that
+ * (DbpoolWaitForCommittedConfig).
  */
 #include "postgres.h"
 
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -31,6 +34,7 @@ PG_FUNCTION_INFO_V1(dbpool_alter_pool);
 PG_FUNCTION_INFO_V1(dbpool_drop_pool);
 PG_FUNCTION_INFO_V1(dbpool_grant_usage);
 PG_FUNCTION_INFO_V1(dbpool_revoke_usage);
+PG_FUNCTION_INFO_V1(dbpool_config_trigger);
 
 static bool config_changed = false;
 static bool xact_callback_registered = false;
@@ -61,6 +65,8 @@ admin_xact_callback(XactEvent event, void *arg)
 static void
 mark_changed(void)
 {
+	if (DbpoolShmem == NULL)
+		return;					/* not preloaded (a restore, say): no worker to tell */
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(admin_xact_callback, NULL);
@@ -320,7 +326,6 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pool \"%s\" already exists", name)));
 	spi_end(&spi);
-	mark_changed();
 	PG_RETURN_VOID();
 }
 
@@ -466,7 +471,6 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	DbpoolValidateConninfo(conninfo, superuser_arg(owner));
 	write_pool(name, conninfo, &s, InvalidOid);
 	spi_end(&spi);
-	mark_changed();
 	PG_RETURN_VOID();
 }
 
@@ -488,7 +492,6 @@ dbpool_drop_pool(PG_FUNCTION_ARGS)
 	spi_run(psprintf("DELETE FROM %s WHERE name = $1", ext_table("dbpool_config")),
 			1, types, values, NULL, SPI_OK_DELETE);
 	spi_end(&spi);
-	mark_changed();
 	PG_RETURN_VOID();
 }
 
@@ -523,7 +526,21 @@ change_usage(FunctionCallInfo fcinfo, bool grant)
 						 ext_table("dbpool_grant")),
 				2, types, values, NULL, SPI_OK_DELETE);
 	spi_end(&spi);
+}
+
+/*
+ * Statement trigger on the configuration tables: whatever writes them (these
+ * functions, a restore, a direct edit) makes the worker re-read at commit.
+ */
+Datum
+dbpool_config_trigger(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("dbpool_config_trigger must be called as a trigger")));
 	mark_changed();
+	return PointerGetDatum(NULL);
 }
 
 /* dbpool_grant_usage(pool, role): let role run queries on the pool. */
