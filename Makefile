@@ -9,6 +9,7 @@ OBJS = \
 	src/channel.o \
 	src/worker.o \
 	src/conn.o \
+	src/stmtcache.o \
 	src/pool.o \
 	src/cancel.o \
 	src/query.o \
@@ -25,7 +26,7 @@ SHLIB_LINK = -L$(shell $(PG_CONFIG) --libdir) -lpq -lpthread
 
 # pg_regress: a throwaway instance with dbpool preloaded; the foreign side is another database
 # of the same server.  TAP (test/t) deletes tmp_check, so the regress instance lives elsewhere.
-REGRESS = setup admin query security
+REGRESS = setup admin query stmtcache security
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress --temp-config=$(srcdir)/test/regress.conf \
 	--port=25431 --load-extension=dbpool --encoding=UTF8 --no-locale
 TAP_TESTS = 1

@@ -29,6 +29,8 @@
 
 int			DbpoolAwaitingCancels = 0;
 
+static void conn_broken(WorkerConn *conn);
+
 /* libpq notice processor that drops remote notices (they would go to the server log). */
 static void
 notice_noop(void *arg, const char *message)
@@ -81,6 +83,7 @@ DbpoolConnOpen(WorkerPool *pool)
 	old = MemoryContextSwitchTo(DbpoolWorkerContext);
 	initStringInfo(&conn->error);
 	MemoryContextSwitchTo(old);
+	DbpoolStmtInit(&conn->stmts);
 	dlist_push_tail(&pool->conns, &conn->pool_node);
 	pool->nconns++;
 	pool->nconnecting++;
@@ -148,17 +151,12 @@ DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const char *messag
 	DbpoolChannelError(ch, sqlstate, message, detail, hint);
 }
 
-/* Send a query text on the connection; false if the connection is broken. */
+/* Start sending what libpq queued; false if the connection is broken. */
 static bool
-send_text(WorkerConn *conn, const char *sql, int nparams, const char *const *params)
+flush_sent(WorkerConn *conn, int ok)
 {
-	int			ok;
 	int			r;
 
-	if (nparams < 0)
-		ok = PQsendQuery(conn->pg, sql);
-	else
-		ok = PQsendQueryParams(conn->pg, sql, nparams, NULL, params, NULL, NULL, 0);
 	if (!ok)
 		return false;
 	r = PQflush(conn->pg);
@@ -168,11 +166,74 @@ send_text(WorkerConn *conn, const char *sql, int nparams, const char *const *par
 	return true;
 }
 
+/* Send a query text (several statements allowed) on the connection; false if broken. */
+static bool
+send_text(WorkerConn *conn, const char *sql)
+{
+	return flush_sent(conn, PQsendQuery(conn->pg, sql));
+}
+
+/*
+ * Send the request's query in single-row mode: bound to its prepared
+ * statement if there is one (and unnamed is false), else as an unnamed
+ * statement, or through the simple protocol when it has no parameters array.
+ */
+static bool
+send_query(WorkerConn *conn, WorkerChannel *ch, bool unnamed)
+{
+	StmtEntry  *e = unnamed ? NULL : conn->stmt;
+	int			ok;
+
+	if (e && e->prepared)
+	{
+		char		name[32];
+
+		DbpoolStmtName(&conn->stmts, e, name, sizeof(name));
+		ok = PQsendQueryPrepared(conn->pg, name, ch->nparams, ch->params, NULL, NULL, 0);
+	}
+	else if (ch->nparams < 0)
+		ok = PQsendQuery(conn->pg, ch->sql);
+	else
+		ok = PQsendQueryParams(conn->pg, ch->sql, ch->nparams, NULL, ch->params, NULL, NULL, 0);
+	if (!flush_sent(conn, ok))
+		return false;
+	(void) PQsetSingleRowMode(conn->pg);
+	return true;
+}
+
+/* Whether s contains word, ignoring case. */
+static bool
+contains_word(const char *s, const char *word)
+{
+	size_t		n = strlen(word);
+
+	for (; *s; s++)
+		if (pg_strncasecmp(s, word, n) == 0)
+			return true;
+	return false;
+}
+
+/* The request's statement-cache entry, or NULL when it should not use the cache. */
+static StmtEntry *
+cache_entry(WorkerConn *conn, WorkerChannel *ch)
+{
+	const char *reset = conn->pool->settings.reset_query;
+
+	if (ch->nparams < 0)
+		return NULL;			/* simple protocol: nothing to prepare */
+	/* a reset_query that drops prepared statements would defeat the cache */
+	if (reset[0] != '\0' && (contains_word(reset, "discard") || contains_word(reset, "deallocate")))
+		return NULL;
+	return DbpoolStmtLookup(&conn->stmts, ch->sql, ch->nparams);
+}
+
 /* Run ch's request on this idle connection. */
 void
 DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 {
 	WorkerPool *pool = conn->pool;
+	StmtEntry  *e;
+	bool		ok;
 
 	Assert(conn->state == CONN_IDLE);
 	conn->ch = ch;
@@ -182,9 +243,22 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 	conn->orphaned = false;
 	conn->result_started = false;
 	conn->status[0] = '\0';
+	conn->preparing = conn->stmt_retry = conn->stmt_lost = false;
 	resetStringInfo(&conn->error);
 	set_state(conn, CONN_ACTIVE);
-	if (!send_text(conn, ch->sql, ch->nparams, ch->params))
+	e = conn->stmt = cache_entry(conn, ch);
+	if (e && !e->prepared && !e->failed && e->uses >= 2)
+	{
+		char		name[32];
+
+		/* the second use: prepare it now, the query follows (process_results) */
+		DbpoolStmtName(&conn->stmts, e, name, sizeof(name));
+		conn->preparing = true;
+		ok = flush_sent(conn, PQsendPrepare(conn->pg, name, ch->sql, ch->nparams, NULL));
+	}
+	else
+		ok = send_query(conn, ch, false);
+	if (!ok)
 	{
 		DbpoolConnFailRequest(conn, "08006",
 							  psprintf("could not send the query to pool \"%s\"", pool->name),
@@ -192,7 +266,6 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 		DbpoolConnClose(conn);
 		return;
 	}
-	(void) PQsetSingleRowMode(conn->pg);
 	conn->deadline = pool->settings.query_timeout_ms > 0 ?
 		TimestampTzPlusMilliseconds(conn->state_since, pool->settings.query_timeout_ms) : 0;
 	DbpoolWorkerDeadline(conn->deadline);
@@ -274,6 +347,8 @@ next_cleanup(WorkerConn *conn, CleanupStep step)
 {
 	if (step < CLEANUP_SETTINGS && settings_drifted(conn->pg))
 		return CLEANUP_SETTINGS;
+	if (step < CLEANUP_DEALLOCATE && DbpoolStmtPendingDeallocate(&conn->stmts) != NULL)
+		return CLEANUP_DEALLOCATE;
 	if (step < CLEANUP_RESET && conn->pool->settings.reset_query[0] != '\0')
 		return CLEANUP_RESET;
 	return CLEANUP_NONE;
@@ -286,12 +361,17 @@ start_cleanup(WorkerConn *conn, CleanupStep step)
 	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" :
 		step == CLEANUP_SETTINGS ?
 		"SET datestyle = ISO; SET intervalstyle = postgres; SET client_encoding = 'UTF8'" :
+		step == CLEANUP_DEALLOCATE ? DbpoolStmtPendingDeallocate(&conn->stmts) :
 		conn->pool->settings.reset_query;
+	bool		ok;
 
 	set_state(conn, CONN_CLEANUP);
 	conn->cleanup_step = step;
 	resetStringInfo(&conn->error);
-	if (!send_text(conn, sql, -1, NULL))
+	ok = send_text(conn, sql);
+	if (step == CLEANUP_DEALLOCATE)
+		DbpoolStmtDeallocateSent(&conn->stmts);
+	if (!ok)
 	{
 		DbpoolConnClose(conn);
 		return;
@@ -308,6 +388,21 @@ request_done(WorkerConn *conn)
 	PGTransactionStatusType ts = PQtransactionStatus(conn->pg);
 	bool		txn_open = (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR);
 
+	if (conn->stmt_retry && ch && ts == PQTRANS_IDLE)
+	{
+		/* our prepared statement failed at Bind, before anything ran: again, unnamed */
+		if (conn->stmt_lost)
+			DbpoolStmtForgetPrepared(&conn->stmts);
+		else
+			DbpoolStmtEvict(&conn->stmts, conn->stmt, true);
+		conn->stmt = NULL;
+		conn->stmt_retry = conn->stmt_lost = false;
+		conn->status[0] = '\0';
+		resetStringInfo(&conn->error);
+		if (!send_query(conn, ch, true))
+			conn_broken(conn);
+		return;
+	}
 	if (ch)
 	{
 		conn->ch = NULL;
@@ -350,12 +445,16 @@ cleanup_done(WorkerConn *conn)
 {
 	CleanupStep next;
 
+	if (conn->cleanup_step == CLEANUP_DEALLOCATE && conn->error.len > 0 &&
+		PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
+		resetStringInfo(&conn->error);	/* at worst a statement stays until the connection ends */
 	if (conn->error.len > 0 || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
 	{
 		elog(LOG, "dbpool: closing a connection of pool \"%s\": its %s failed",
 			 conn->pool->name,
 			 conn->cleanup_step == CLEANUP_ROLLBACK ? "ROLLBACK" :
-			 conn->cleanup_step == CLEANUP_SETTINGS ? "settings reset" : "reset_query");
+			 conn->cleanup_step == CLEANUP_SETTINGS ? "settings reset" :
+			 conn->cleanup_step == CLEANUP_DEALLOCATE ? "DEALLOCATE" : "reset_query");
 		DbpoolConnClose(conn);
 		return;
 	}
@@ -392,6 +491,37 @@ row_bytes(const PGresult *res, int row)
 	for (i = 0; i < PQnfields(res); i++)
 		n += 4 + PQgetlength(res, row, i);
 	return n;
+}
+
+/*
+ * Whether an error says that our prepared statement failed at Bind, before
+ * anything ran, so that the request may simply run again unnamed: the server
+ * no longer has it (*lost), or its result type changed since it was prepared.
+ * Only errors raised at the top level (no context) and before any row count.
+ */
+static bool
+bind_failed(WorkerConn *conn, const PGresult *res, bool *lost)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *context = PQresultErrorField(res, PG_DIAG_CONTEXT);
+	const char *routine = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
+	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+	*lost = false;
+	if (conn->stmt == NULL || !conn->stmt->prepared || conn->result_started ||
+		conn->ch == NULL || state == NULL || (context && context[0]))
+		return false;
+	if (strcmp(state, "26000") == 0 && msg)
+	{
+		char		name[32];
+		const char *hit;
+
+		DbpoolStmtName(&conn->stmts, conn->stmt, name, sizeof(name));
+		hit = strstr(msg, name);
+		*lost = hit != NULL && !isdigit((unsigned char) hit[strlen(name)]);
+		return *lost;
+	}
+	return strcmp(state, "0A000") == 0 && routine && strcmp(routine, "RevalidateCachedQuery") == 0;
 }
 
 /* One result of a running request: forward rows, remember status and errors; false for COPY. */
@@ -446,7 +576,10 @@ handle_result(WorkerConn *conn, PGresult *res)
 			return false;
 		default:
 			if (conn->error.len == 0)
+			{
+				conn->stmt_retry = bind_failed(conn, res, &conn->stmt_lost);
 				DbpoolErrorRecordFromResult(&conn->error, res);
+			}
 			return true;
 	}
 }
@@ -469,6 +602,35 @@ conn_broken(WorkerConn *conn)
 						  psprintf("lost the connection to pool \"%s\"", conn->pool->name),
 						  conn_error(conn), NULL);
 	DbpoolConnClose(conn);
+}
+
+/*
+ * The request's PREPARE ended: send the query itself (by name if the
+ * PREPARE worked, else unnamed; the query's own run reports any error).
+ * False if the connection left the request (orphaned, broken).
+ */
+static bool
+prepare_done(WorkerConn *conn)
+{
+	StmtEntry  *e = conn->stmt;
+
+	conn->preparing = false;
+	if (conn->error.len == 0)
+		e->prepared = true;
+	else if (conn->ch)
+		e->failed = true;
+	resetStringInfo(&conn->error);
+	if (conn->ch == NULL)
+	{
+		request_done(conn);		/* orphaned meanwhile: clean up */
+		return false;
+	}
+	if (!send_query(conn, conn->ch, false))
+	{
+		conn_broken(conn);
+		return false;
+	}
+	return true;
 }
 
 /* Read what the server sent and act on it. */
@@ -517,13 +679,25 @@ process_results(WorkerConn *conn)
 		res = PQgetResult(pg);
 		if (res == NULL)
 		{
+			if (conn->preparing)
+			{
+				if (prepare_done(conn))
+					continue;
+				return;
+			}
 			if (conn->state == CONN_ACTIVE)
 				request_done(conn);
 			else
 				cleanup_done(conn);
 			return;
 		}
-		if (conn->state == CONN_ACTIVE)
+		if (conn->preparing)
+		{
+			/* COMMAND_OK, or the error that makes this text run unnamed */
+			if (PQresultStatus(res) == PGRES_FATAL_ERROR && conn->error.len == 0)
+				DbpoolErrorRecordFromResult(&conn->error, res);
+		}
+		else if (conn->state == CONN_ACTIVE)
 			ok = handle_result(conn, res);
 		else if (PQresultStatus(res) == PGRES_FATAL_ERROR && conn->error.len == 0)
 			DbpoolErrorRecordFromResult(&conn->error, res);
@@ -675,6 +849,7 @@ DbpoolConnClose(WorkerConn *conn)
 		DbpoolCancelForget(conn->cancel);
 	if (conn->pg)
 		PQfinish(conn->pg);
+	DbpoolStmtFree(&conn->stmts);
 	if (conn->has_fd)
 		ReleaseExternalFD();
 	if (conn->wait_pos >= 0)

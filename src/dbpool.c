@@ -18,6 +18,7 @@ char	   *DbpoolDatabase = NULL;
 int			DbpoolMaxPools = 32;
 int			DbpoolMaxConnections = 256;
 int			DbpoolQueueSizeKb = 64;
+int			DbpoolStatementCacheSize = 100;
 bool		DbpoolLoadedAtStartup = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -71,6 +72,13 @@ _PG_init(void)
 							"reading the foreign socket until the session catches up.",
 							&DbpoolQueueSizeKb, 64, 8, 1024 * 1024,
 							PGC_POSTMASTER, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.statement_cache_size",
+							"Parameterized statements each foreign connection keeps prepared.",
+							"A text used twice on a connection is prepared there and then only "
+							"bound; 0 runs every statement unnamed.  A change applies to "
+							"statements cached from then on.",
+							&DbpoolStatementCacheSize, 100, 0, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dbpool");
 
 	DbpoolLoadedAtStartup = true;

@@ -40,6 +40,7 @@ extern char *DbpoolDatabase;
 extern int	DbpoolMaxPools;
 extern int	DbpoolMaxConnections;
 extern int	DbpoolQueueSizeKb;
+extern int	DbpoolStatementCacheSize;
 extern bool DbpoolLoadedAtStartup;
 
 /* ---------- pool settings (settings.c) ---------- */

@@ -18,6 +18,28 @@ typedef struct WorkerConn WorkerConn;
 typedef struct WorkerPool WorkerPool;
 typedef struct DbpoolCancel DbpoolCancel;
 
+/* One SQL text in a connection's prepared-statement cache (stmtcache.c). */
+typedef struct StmtEntry
+{
+	dlist_node	node;			/* in StmtCache.lru, most recent first */
+	uint32		hash;
+	int			nparams;
+	size_t		len;
+	char	   *sql;
+	uint32		uses;			/* requests that asked for this text */
+	uint32		id;				/* the name is dbpool_s<id>, while prepared */
+	bool		prepared;		/* exists on the server under that name */
+	bool		failed;			/* its PREPARE failed: always run it unnamed */
+} StmtEntry;
+
+typedef struct StmtCache
+{
+	dlist_head	lru;
+	int			n;
+	uint32		next_id;
+	StringInfo	dealloc;		/* DEALLOCATE commands for the next cleanup */
+} StmtCache;
+
 /* A request's place in its life. */
 typedef enum RequestState
 {
@@ -64,12 +86,13 @@ typedef struct WorkerChannel
 	bool		blocked;
 } WorkerChannel;
 
-/* What a connection in CONN_CLEANUP is doing; the first three run in this order. */
+/* What a connection in CONN_CLEANUP is doing; the first four run in this order. */
 typedef enum CleanupStep
 {
 	CLEANUP_NONE = 0,
 	CLEANUP_ROLLBACK,			/* a request left a transaction open */
 	CLEANUP_SETTINGS,			/* a caller changed DateStyle, IntervalStyle or client_encoding */
+	CLEANUP_DEALLOCATE,			/* statements that fell out of the cache */
 	CLEANUP_RESET,				/* the pool's reset_query */
 	CLEANUP_AWAIT_CANCEL		/* waiting for the cancel thread before reuse */
 } CleanupStep;
@@ -114,6 +137,13 @@ struct WorkerConn
 	char		status[64];		/* command status of the last statement */
 	StringInfoData error;		/* the first error record, if any */
 	CleanupStep cleanup_step;
+
+	/* prepared statements (stmtcache.c) */
+	StmtCache	stmts;
+	StmtEntry  *stmt;			/* the current request's entry, NULL if none */
+	bool		preparing;		/* its PREPARE is in flight; the query follows */
+	bool		stmt_retry;		/* it failed at Bind: run it again unnamed */
+	bool		stmt_lost;		/* ... because the server no longer has it */
 };
 
 /* One pool: its settings, connections and waiting requests. */
@@ -205,6 +235,16 @@ extern bool DbpoolConnPollCancel(WorkerConn *conn);
 extern int	DbpoolAwaitingCancels;
 extern void DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const char *message,
 								  const char *detail, const char *hint);
+
+/* stmtcache.c */
+extern void DbpoolStmtInit(StmtCache *cache);
+extern StmtEntry *DbpoolStmtLookup(StmtCache *cache, const char *sql, int nparams);
+extern void DbpoolStmtName(StmtCache *cache, StmtEntry *e, char *buf, size_t size);
+extern void DbpoolStmtEvict(StmtCache *cache, StmtEntry *e, bool exists);
+extern void DbpoolStmtForgetPrepared(StmtCache *cache);
+extern const char *DbpoolStmtPendingDeallocate(StmtCache *cache);
+extern void DbpoolStmtDeallocateSent(StmtCache *cache);
+extern void DbpoolStmtFree(StmtCache *cache);
 
 /* cancel.c */
 extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);
