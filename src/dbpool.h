@@ -149,6 +149,7 @@ typedef struct DbpoolShared
 	pg_atomic_uint64 config_requested;	/* bumped by committed admin changes */
 	pg_atomic_uint64 config_applied;	/* last request the worker applied */
 	pg_atomic_uint64 config_committed;	/* the request of the latest committed change */
+	pg_atomic_uint64 registry_gen;	/* bumped after every change a lookup could see */
 	uint64		next_pool_id;	/* worker only */
 	int			nchannels;
 	Size		channel_stride;
@@ -168,6 +169,7 @@ extern Size DbpoolResponseQueueSize(void);
 extern void DbpoolChannelMarkPending(int index);
 extern void DbpoolWakeWorker(void);
 extern uint64 DbpoolRequestReconcile(void);
+extern void DbpoolRegistryChanged(void);
 
 /* ---------- backend side (channel.c, query.c, admin.c) ---------- */
 

@@ -64,7 +64,11 @@ DbpoolPoolPublish(WorkerPool *pool)
 		state = DBPOOL_POOL_READY;
 	else
 		state = DBPOOL_POOL_CONNECTING;
-	slot->state = state;
+	if (slot->state != state)
+	{
+		slot->state = state;
+		DbpoolRegistryChanged();	/* lookups skip DROPPING slots */
+	}
 	pg_atomic_write_u32(&slot->total_conns, pool->nconns);
 	pg_atomic_write_u32(&slot->idle_conns, pool->nidle);
 	pg_atomic_write_u32(&slot->active_conns, pool->nconns - pool->nidle - pool->nconnecting);
@@ -307,6 +311,7 @@ free_pool(WorkerPool *pool)
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
 	slot->in_use = false;
 	LWLockRelease(DbpoolShmem->lock);
+	DbpoolRegistryChanged();
 	dlist_delete(&pool->node);
 	if (pool->conninfo)
 		pfree(pool->conninfo);
@@ -519,6 +524,7 @@ publish_config(WorkerPool *pool, const PoolConfig *cfg)
 	slot->settings = cfg->settings;
 	strlcpy(slot->conninfo, redacted, sizeof(slot->conninfo));
 	LWLockRelease(DbpoolShmem->lock);
+	DbpoolRegistryChanged();
 	DbpoolPoolPublish(pool);
 }
 

@@ -50,6 +50,22 @@ typedef struct ResultSink
 } ResultSink;
 
 /*
+ * What this session last read of the registry for one pool name, valid while
+ * registry_gen stays at gen: the common case of a session calling the same
+ * pool again costs one atomic read instead of the shared lock and a scan.
+ */
+static struct
+{
+	uint64		gen;			/* 0: empty */
+	bool		found;
+	char		name[DBPOOL_NAME_LEN];
+	PoolRef		ref;
+	Oid			owner;
+	int			ngrantees;
+	Oid			grantees[DBPOOL_MAX_GRANTEES];
+} last_lookup;
+
+/*
  * Copy what the registry says of a pool not being dropped; false if there is
  * none.  grantees has room for DBPOOL_MAX_GRANTEES.
  */
@@ -57,7 +73,20 @@ static bool
 find_pool(const char *name, PoolRef *ref, Oid *owner, Oid *grantees, int *ngrantees)
 {
 	bool		found = false;
+	uint64		gen;
 	int			i;
+
+	/* ordered after the caller's read of config_applied (see shmem.c) */
+	pg_read_barrier();
+	gen = pg_atomic_read_u64(&DbpoolShmem->registry_gen);
+	if (last_lookup.gen == gen && strcmp(last_lookup.name, name) == 0)
+	{
+		*ref = last_lookup.ref;
+		*owner = last_lookup.owner;
+		*ngrantees = last_lookup.ngrantees;
+		memcpy(grantees, last_lookup.grantees, sizeof(Oid) * last_lookup.ngrantees);
+		return last_lookup.found;
+	}
 
 	LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
 	for (i = 0; i < DbpoolMaxPools && !found; i++)
@@ -74,6 +103,21 @@ find_pool(const char *name, PoolRef *ref, Oid *owner, Oid *grantees, int *ngrant
 		memcpy(grantees, slot->grantees, sizeof(Oid) * slot->ngrantees);
 	}
 	LWLockRelease(DbpoolShmem->lock);
+
+	/* gen was read before the lock: a change since then shows as a newer gen */
+	if (strlen(name) < DBPOOL_NAME_LEN)
+	{
+		last_lookup.gen = gen;
+		last_lookup.found = found;
+		strlcpy(last_lookup.name, name, sizeof(last_lookup.name));
+		if (found)
+		{
+			last_lookup.ref = *ref;
+			last_lookup.owner = *owner;
+			last_lookup.ngrantees = *ngrantees;
+			memcpy(last_lookup.grantees, grantees, sizeof(Oid) * *ngrantees);
+		}
+	}
 	return found;
 }
 

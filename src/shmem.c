@@ -32,6 +32,11 @@
  *	  that the worker which knew them is gone.  Queues live in main shared
  *	  memory: they are never detached automatically, hence the exit callbacks
  *	  in channel.c and worker.c.
+ *	- registry_gen is bumped by the worker (fetch-add, a full barrier) after
+ *	  every change to what a lookup reads: a slot's identity, owner or
+ *	  grantees (under the lock), or its state (DROPPING).  It is bumped before
+ *	  config_applied moves past the change.  A backend may keep what it read
+ *	  of a slot for as long as registry_gen is unchanged (query.c).
  *	- The pending bitmap is set by backends (fetch-or) and cleared by the
  *	  worker (exchange); a set bit says "look at this channel".
  */
@@ -114,6 +119,7 @@ DbpoolShmemStartup(void)
 		pg_atomic_init_u64(&DbpoolShmem->config_requested, 1);
 		pg_atomic_init_u64(&DbpoolShmem->config_applied, 0);
 		pg_atomic_init_u64(&DbpoolShmem->config_committed, 0);
+		pg_atomic_init_u64(&DbpoolShmem->registry_gen, 1);
 		DbpoolShmem->next_pool_id = 1;
 		for (i = 0; i < DbpoolMaxPools; i++)
 		{
@@ -189,6 +195,13 @@ DbpoolWakeWorker(void)
 	SpinLockRelease(&DbpoolShmem->mutex);
 	if (proc)
 		SetLatch(&proc->procLatch);
+}
+
+/* Worker: a lookup could now see something else in the registry. */
+void
+DbpoolRegistryChanged(void)
+{
+	(void) pg_atomic_fetch_add_u64(&DbpoolShmem->registry_gen, 1);
 }
 
 /* Ask the worker to re-read the configuration table; returns the request to wait for. */

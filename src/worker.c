@@ -511,6 +511,7 @@ DbpoolWorkerMain(Datum main_arg)
 	for (i = 0; i < DbpoolMaxPools; i++)
 		DbpoolShmem->pools[i].in_use = false;
 	LWLockRelease(DbpoolShmem->lock);
+	DbpoolRegistryChanged();
 
 	before_shmem_exit(worker_exit, (Datum) 0);
 	SpinLockAcquire(&DbpoolShmem->mutex);
