@@ -33,7 +33,7 @@ dbpool_install_packages() {
     dbpool_log "packages: installing (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update </dev/null || return 1
-    apt-get install -y postgresql-15 postgresql-server-dev-15 libpq-dev postgresql-contrib libipc-run-perl make gcc </dev/null
+    apt-get install -y "${DBPOOL_PACKAGES[@]}" </dev/null
 }
 
 # Copy the source tree (tracked and untracked-but-not-ignored files; no build or test

@@ -421,7 +421,6 @@ request_done(WorkerConn *conn)
 		}
 		else
 			DbpoolChannelAddComplete(ch, conn->status);
-		DbpoolChannelReply(ch);
 	}
 	conn->deadline = 0;
 	if (txn_open)
@@ -437,6 +436,13 @@ request_done(WorkerConn *conn)
 		else
 			to_pool(conn);
 	}
+
+	/*
+	 * Answer last: a waiting request got this connection above, so the
+	 * foreign server starts on it while we wake our client.
+	 */
+	if (ch)
+		DbpoolChannelReply(ch);
 }
 
 /* A cleanup step ended. */

@@ -592,9 +592,14 @@ DbpoolWorkerMain(Datum main_arg)
 			reconcile();
 		}
 
+		/*
+		 * Results first: a connection that finishes serves the next waiter at
+		 * once, so the foreign server is not left idle while we read new
+		 * requests.
+		 */
+		process_connections();
 		DbpoolWorkerProcessPending();
 		process_blocked();
-		process_connections();
 		if (DbpoolWorkerServeNeeded)
 			DbpoolPoolServeAll();
 
