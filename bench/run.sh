@@ -70,23 +70,8 @@ dbpool_require_root
 
 # lib.sh's package list, plus pgbouncer and python3 (bench.py).  One apt-get update and one
 # apt-get install, only when something is missing.
-BENCH_PACKAGES=("${DBPOOL_PACKAGES[@]}" pgbouncer python3)
-bench_install_packages() {
-    local p missing=()
-    for p in "${BENCH_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$p")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        dbpool_log "packages: all present"
-        return 0
-    fi
-    dbpool_log "packages: installing (missing: ${missing[*]})"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update </dev/null || return 1
-    apt-get install -y "${BENCH_PACKAGES[@]}" </dev/null
-}
-bench_install_packages || dbpool_die "package installation failed"
+DBPOOL_PACKAGES+=(pgbouncer python3)
+dbpool_install_packages || dbpool_die "package installation failed"
 
 BIN=$("$PG_CONFIG" --bindir)
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)

@@ -6,9 +6,10 @@
  * One process, one loop.  It waits on a WaitEventSet holding its latch, the
  * postmaster's death and every connection's socket, with a timeout from the
  * earliest deadline.  On each wake it: reads the configuration if a change
- * was committed, takes requests from the channels the pending bitmap names,
- * retries responses that a full queue held back, drives every connection that
- * has socket events, and runs housekeeping when a deadline is due.
+ * was committed, drives every connection that has socket events (first, so
+ * that a finished connection serves the next waiter at once), takes requests
+ * from the channels the pending bitmap names, retries responses that a full
+ * queue held back, and runs housekeeping when a deadline is due.
  *
  * It never waits on the network (non-blocking libpq; cancels in threads,
  * cancel.c) and never raises an ERROR for a remote or client problem.  Its
