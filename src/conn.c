@@ -246,6 +246,8 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 	conn->preparing = conn->stmt_retry = conn->stmt_lost = false;
 	resetStringInfo(&conn->error);
 	set_state(conn, CONN_ACTIVE);
+	/* a lowered dbpool.statement_cache_size applies to every connection that serves */
+	DbpoolStmtTrim(&conn->stmts, Max(DbpoolStatementCacheSize, 0));
 	e = conn->stmt = cache_entry(conn, ch);
 	if (e && !e->prepared && !e->failed && e->uses >= 2)
 	{
@@ -347,7 +349,7 @@ next_cleanup(WorkerConn *conn, CleanupStep step)
 {
 	if (step < CLEANUP_SETTINGS && settings_drifted(conn->pg))
 		return CLEANUP_SETTINGS;
-	if (step < CLEANUP_DEALLOCATE && DbpoolStmtPendingDeallocate(&conn->stmts) != NULL)
+	if (step <= CLEANUP_DEALLOCATE && DbpoolStmtHasDeallocate(&conn->stmts))
 		return CLEANUP_DEALLOCATE;
 	if (step < CLEANUP_RESET && conn->pool->settings.reset_query[0] != '\0')
 		return CLEANUP_RESET;
@@ -361,7 +363,7 @@ start_cleanup(WorkerConn *conn, CleanupStep step)
 	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" :
 		step == CLEANUP_SETTINGS ?
 		"SET datestyle = ISO; SET intervalstyle = postgres; SET client_encoding = 'UTF8'" :
-		step == CLEANUP_DEALLOCATE ? DbpoolStmtPendingDeallocate(&conn->stmts) :
+		step == CLEANUP_DEALLOCATE ? DbpoolStmtDeallocateSQL(&conn->stmts) :
 		conn->pool->settings.reset_query;
 	bool		ok;
 
@@ -370,7 +372,7 @@ start_cleanup(WorkerConn *conn, CleanupStep step)
 	resetStringInfo(&conn->error);
 	ok = send_text(conn, sql);
 	if (step == CLEANUP_DEALLOCATE)
-		DbpoolStmtDeallocateSent(&conn->stmts);
+		pfree((char *) sql);
 	if (!ok)
 	{
 		DbpoolConnClose(conn);
@@ -392,7 +394,7 @@ request_done(WorkerConn *conn)
 	{
 		/* our prepared statement failed at Bind, before anything ran: again, unnamed */
 		if (conn->stmt_lost)
-			DbpoolStmtForgetPrepared(&conn->stmts);
+			DbpoolStmtLost(&conn->stmts, conn->stmt);
 		else
 			DbpoolStmtEvict(&conn->stmts, conn->stmt, true);
 		conn->stmt = NULL;
@@ -451,9 +453,12 @@ cleanup_done(WorkerConn *conn)
 {
 	CleanupStep next;
 
-	if (conn->cleanup_step == CLEANUP_DEALLOCATE && conn->error.len > 0 &&
-		PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
-		resetStringInfo(&conn->error);	/* at worst a statement stays until the connection ends */
+	if (conn->cleanup_step == CLEANUP_DEALLOCATE)
+	{
+		DbpoolStmtDeallocateDone(&conn->stmts, conn->error.len == 0);
+		if (conn->error.len > 0 && PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
+			resetStringInfo(&conn->error);	/* a statement the server lost already */
+	}
 	if (conn->error.len > 0 || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
 	{
 		elog(LOG, "dbpool: closing a connection of pool \"%s\": its %s failed",
@@ -512,6 +517,7 @@ bind_failed(WorkerConn *conn, const PGresult *res, bool *lost)
 	const char *context = PQresultErrorField(res, PG_DIAG_CONTEXT);
 	const char *routine = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
 	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *file;
 
 	*lost = false;
 	if (conn->stmt == NULL || !conn->stmt->prepared || conn->result_started ||
@@ -527,7 +533,19 @@ bind_failed(WorkerConn *conn, const PGresult *res, bool *lost)
 		*lost = hit != NULL && !isdigit((unsigned char) hit[strlen(name)]);
 		return *lost;
 	}
-	return strcmp(state, "0A000") == 0 && routine && strcmp(routine, "RevalidateCachedQuery") == 0;
+	if (strcmp(state, "0A000") == 0 && routine && strcmp(routine, "RevalidateCachedQuery") == 0)
+		return true;
+
+	/*
+	 * Re-analysis at Bind against changed objects (ALTER COLUMN TYPE, a table
+	 * re-created with other column types) keeps the parameter types inferred
+	 * at PREPARE and can fail where the text, analyzed afresh, would not:
+	 * parser errors (class 42 from parse_*.c, analyze.c) at the top level.
+	 * The failed attempt ran in an implicit transaction that is now rolled back.
+	 */
+	file = PQresultErrorField(res, PG_DIAG_SOURCE_FILE);
+	return strncmp(state, "42", 2) == 0 && file &&
+		(strncmp(file, "parse_", 6) == 0 || strcmp(file, "analyze.c") == 0);
 }
 
 /* One result of a running request: forward rows, remember status and errors; false for COPY. */

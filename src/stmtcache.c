@@ -9,16 +9,19 @@
  * pool can make on the foreign side.
  *
  * The rules:
- *	- a text seen for the first time on a connection runs unnamed (ad hoc SQL
- *	  costs nothing extra); the second time it is prepared first, one extra
- *	  round trip per connection and text; after that it is bound by name;
+ *	- a text seen for the first time on a connection runs unnamed; the second
+ *	  time it is prepared first, one extra round trip per connection and text;
+ *	  after that it is bound by name;
  *	- the cache holds dbpool.statement_cache_size texts per connection, most
  *	  recently used first; the least recently used falls out, and if it was
- *	  prepared its DEALLOCATE runs as a cleanup step after the request;
- *	- a statement that the server no longer has (a caller's DISCARD ALL or
- *	  DEALLOCATE ALL, or a reset_query doing so) or whose result type changed
- *	  (ALTER TABLE under a SELECT *) fails at Bind, before anything ran: conn.c
- *	  then forgets it and runs the request again unnamed;
+ *	  prepared its DEALLOCATE runs as a cleanup step after the request (a
+ *	  batch that fails is sent again one statement at a time); a lowered
+ *	  setting trims every connection at its next request;
+ *	- a statement that the server no longer has (a caller's DEALLOCATE or
+ *	  DISCARD ALL), whose result type changed (ALTER TABLE under a SELECT *),
+ *	  or whose re-analysis with the parameter types fixed at PREPARE fails
+ *	  (ALTER COLUMN TYPE) fails at Bind: conn.c then forgets it and runs the
+ *	  request again unnamed;
  *	- a text whose PREPARE fails is never prepared again on that connection;
  *	- texts longer than DBPOOL_STMT_MAX_TEXT are not cached.
  *
@@ -43,6 +46,8 @@ DbpoolStmtInit(StmtCache *cache)
 	cache->n = 0;
 	cache->next_id = 1;
 	cache->dealloc = NULL;
+	cache->ndealloc = cache->maxdealloc = cache->nsent = 0;
+	cache->one_by_one = false;
 }
 
 /* Free an entry. */
@@ -57,12 +62,30 @@ free_entry(StmtEntry *e)
 static void
 queue_deallocate(StmtCache *cache, StmtEntry *e)
 {
-	MemoryContext old = MemoryContextSwitchTo(DbpoolWorkerContext);
+	if (cache->ndealloc >= cache->maxdealloc)
+	{
+		cache->maxdealloc = Max(16, cache->maxdealloc * 2);
+		cache->dealloc = cache->dealloc ?
+			repalloc(cache->dealloc, sizeof(uint32) * cache->maxdealloc) :
+			MemoryContextAlloc(DbpoolWorkerContext, sizeof(uint32) * cache->maxdealloc);
+	}
+	cache->dealloc[cache->ndealloc++] = e->id;
+}
 
-	if (cache->dealloc == NULL)
-		cache->dealloc = makeStringInfo();
-	appendStringInfo(cache->dealloc, "DEALLOCATE dbpool_s%u;", e->id);
-	MemoryContextSwitchTo(old);
+/* Let the least recently used entries fall out until at most limit are left. */
+void
+DbpoolStmtTrim(StmtCache *cache, int limit)
+{
+	while (cache->n > limit)
+	{
+		StmtEntry  *e = dlist_container(StmtEntry, node, dlist_tail_node(&cache->lru));
+
+		dlist_delete(&e->node);
+		if (e->prepared)
+			queue_deallocate(cache, e);
+		free_entry(e);
+		cache->n--;
+	}
 }
 
 /*
@@ -96,15 +119,7 @@ DbpoolStmtLookup(StmtCache *cache, const char *sql, int nparams)
 			return e;
 		}
 	}
-	while (cache->n >= DbpoolStatementCacheSize)
-	{
-		e = dlist_container(StmtEntry, node, dlist_tail_node(&cache->lru));
-		dlist_delete(&e->node);
-		if (e->prepared)
-			queue_deallocate(cache, e);
-		free_entry(e);
-		cache->n--;
-	}
+	DbpoolStmtTrim(cache, DbpoolStatementCacheSize - 1);
 	e = MemoryContextAllocZero(DbpoolWorkerContext, sizeof(StmtEntry));
 	e->sql = MemoryContextAlloc(DbpoolWorkerContext, len + 1);
 	memcpy(e->sql, sql, len + 1);
@@ -137,35 +152,59 @@ DbpoolStmtEvict(StmtCache *cache, StmtEntry *e, bool exists)
 	cache->n--;
 }
 
-/* The server lost our statements (DISCARD ALL, DEALLOCATE ALL): forget they were prepared. */
+/*
+ * The server no longer has this entry's statement (a caller's DEALLOCATE,
+ * DEALLOCATE ALL or DISCARD ALL).  Only this one is forgotten: the others, if
+ * gone too, fail the same way once each; forgetting them all would leave any
+ * that still exist on the server for the connection's lifetime.
+ */
 void
-DbpoolStmtForgetPrepared(StmtCache *cache)
+DbpoolStmtLost(StmtCache *cache, StmtEntry *e)
 {
-	dlist_iter	it;
-
-	dlist_foreach(it, &cache->lru)
-		dlist_container(StmtEntry, node, it.cur)->prepared = false;
-	if (cache->dealloc)
-		resetStringInfo(cache->dealloc);
+	e->prepared = false;
 }
 
-/* The DEALLOCATE commands waiting to run, or NULL. */
-const char *
-DbpoolStmtPendingDeallocate(StmtCache *cache)
+/* Whether DEALLOCATE commands wait to run. */
+bool
+DbpoolStmtHasDeallocate(StmtCache *cache)
 {
-	return cache->dealloc && cache->dealloc->len > 0 ? cache->dealloc->data : NULL;
+	return cache->ndealloc > 0;
 }
 
-/* The pending DEALLOCATE commands were sent. */
-void
-DbpoolStmtDeallocateSent(StmtCache *cache)
+/*
+ * The DEALLOCATE step to send now (palloc'd in the current context): all
+ * queued statements at once, or only the first while one_by_one (a simple
+ * query stops at its first error, so a batch naming a statement the server
+ * lost would leave the others).
+ */
+char *
+DbpoolStmtDeallocateSQL(StmtCache *cache)
 {
-	if (cache->dealloc)
+	StringInfoData sql;
+	int			i;
+
+	initStringInfo(&sql);
+	cache->nsent = cache->one_by_one ? Min(cache->ndealloc, 1) : cache->ndealloc;
+	for (i = 0; i < cache->nsent; i++)
+		appendStringInfo(&sql, "DEALLOCATE dbpool_s%u;", cache->dealloc[i]);
+	return sql.data;
+}
+
+/* The DEALLOCATE step ended; a failed batch is sent again one statement at a time. */
+void
+DbpoolStmtDeallocateDone(StmtCache *cache, bool ok)
+{
+	if (!ok && cache->nsent > 1)
+		cache->one_by_one = true;
+	else
 	{
-		pfree(cache->dealloc->data);
-		pfree(cache->dealloc);
-		cache->dealloc = NULL;
+		memmove(cache->dealloc, cache->dealloc + cache->nsent,
+				sizeof(uint32) * (cache->ndealloc - cache->nsent));
+		cache->ndealloc -= cache->nsent;
 	}
+	cache->nsent = 0;
+	if (cache->ndealloc == 0)
+		cache->one_by_one = false;
 }
 
 /* Free the whole cache (the connection closes). */
@@ -182,5 +221,8 @@ DbpoolStmtFree(StmtCache *cache)
 		free_entry(e);
 	}
 	cache->n = 0;
-	DbpoolStmtDeallocateSent(cache);
+	if (cache->dealloc)
+		pfree(cache->dealloc);
+	cache->dealloc = NULL;
+	cache->ndealloc = cache->maxdealloc = cache->nsent = 0;
 }

@@ -37,7 +37,11 @@ typedef struct StmtCache
 	dlist_head	lru;
 	int			n;
 	uint32		next_id;
-	StringInfo	dealloc;		/* DEALLOCATE commands for the next cleanup */
+	uint32	   *dealloc;		/* ids to DEALLOCATE at the next cleanup */
+	int			ndealloc;
+	int			maxdealloc;
+	int			nsent;			/* ids in the DEALLOCATE step in flight */
+	bool		one_by_one;		/* a batch failed: send the rest singly */
 } StmtCache;
 
 /* A request's place in its life. */
@@ -241,9 +245,11 @@ extern void DbpoolStmtInit(StmtCache *cache);
 extern StmtEntry *DbpoolStmtLookup(StmtCache *cache, const char *sql, int nparams);
 extern void DbpoolStmtName(StmtCache *cache, StmtEntry *e, char *buf, size_t size);
 extern void DbpoolStmtEvict(StmtCache *cache, StmtEntry *e, bool exists);
-extern void DbpoolStmtForgetPrepared(StmtCache *cache);
-extern const char *DbpoolStmtPendingDeallocate(StmtCache *cache);
-extern void DbpoolStmtDeallocateSent(StmtCache *cache);
+extern void DbpoolStmtTrim(StmtCache *cache, int limit);
+extern void DbpoolStmtLost(StmtCache *cache, StmtEntry *e);
+extern bool DbpoolStmtHasDeallocate(StmtCache *cache);
+extern char *DbpoolStmtDeallocateSQL(StmtCache *cache);
+extern void DbpoolStmtDeallocateDone(StmtCache *cache, bool ok);
 extern void DbpoolStmtFree(StmtCache *cache);
 
 /* cancel.c */
