@@ -507,8 +507,9 @@ row_bytes(const PGresult *res, int row)
 /*
  * Whether an error says that our prepared statement failed at Bind, before
  * anything ran, so that the request may simply run again unnamed: the server
- * no longer has it (*lost), or its result type changed since it was prepared.
- * Only errors raised at the top level (no context) and before any row count.
+ * no longer has it (*lost), its result type changed since it was prepared, or
+ * analyzing it again with the parameter types fixed at PREPARE failed.  Only
+ * errors raised at the top level (no context) and before any row count.
  */
 static bool
 bind_failed(WorkerConn *conn, const PGresult *res, bool *lost)
