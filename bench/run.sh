@@ -406,6 +406,7 @@ run_large() {   # round method
     mkdir -p "$d"
     cat >"$d/script.sql" <<EOF
 \set ON_ERROR_STOP on
+SET statement_timeout = '10min';
 $(large_setup "$method")
 \o $d/pid
 SELECT pg_backend_pid();
