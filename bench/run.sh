@@ -495,7 +495,8 @@ run_soak() {
     ( while :; do echo "$(worker_mem "$w") $(worker_fds "$w")"; sleep 1; done ) >"$T/soak.samples" &
     spid=$!
     BG_PIDS+=("$spid")
-    run_bg rc "$out" "${AS_PG[@]}" "$BIN/pgbench" -n -M prepared -c "$SOAK_CLIENTS" -j 4 -t "$per" \
+    # -t has no time bound of its own: at most 30 minutes
+    run_bg rc "$out" timeout 1800 "${AS_PG[@]}" "$BIN/pgbench" -n -M prepared -c "$SOAK_CLIENTS" -j 4 -t "$per" \
         -f "$T/pgbench/point_dbpool.sql" -h "$T" -p "$L_PORT" -U postgres postgres
     kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
     unset_bg "$spid"

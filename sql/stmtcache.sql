@@ -64,10 +64,10 @@ SELECT dbpool_exec('one', 'INSERT INTO hits VALUES ($1::int)', ARRAY['100']);
 SELECT * FROM dbpool_query('one', 'SELECT count(*), sum(n) FROM hits') AS t(c bigint, s bigint);
 
 -- the cache is bounded: with room for 2 texts, the least recently used is DEALLOCATEd
+-- (a lowered size applies at once to what each connection has cached)
+\set reload 'SELECT pg_reload_conf(), pg_sleep(0.3)'
 ALTER SYSTEM SET dbpool.statement_cache_size = 2;
-SELECT pg_reload_conf();
-SELECT pg_sleep(0.3);
-SELECT dbpool_exec('one', 'DISCARD ALL');
+:reload;
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 0', ARRAY['1']) AS t(a int);
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 0', ARRAY['1']) AS t(a int);
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 1', ARRAY['1']) AS t(a int);
@@ -76,22 +76,25 @@ SELECT statement FROM one_prepared;
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 2', ARRAY['1']) AS t(a int);
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 2', ARRAY['1']) AS t(a int);
 SELECT statement FROM one_prepared;
--- 0 turns it off
+-- 0 turns it off and deallocates what was prepared
 ALTER SYSTEM SET dbpool.statement_cache_size = 0;
-SELECT pg_reload_conf();
-SELECT pg_sleep(0.3);
-SELECT dbpool_exec('one', 'DISCARD ALL');
+:reload;
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 3', ARRAY['1']) AS t(a int);
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 3', ARRAY['1']) AS t(a int);
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 3', ARRAY['1']) AS t(a int);
 SELECT count(*) FROM one_prepared;
 ALTER SYSTEM RESET dbpool.statement_cache_size;
-SELECT pg_reload_conf();
-SELECT pg_sleep(0.3);
+:reload;
 
--- a reset_query that discards statements turns the cache off for its pool
-SELECT dbpool_alter_pool('one', '{"reset_query": "DISCARD ALL"}');
+-- a reset_query that may drop statements (it names DISCARD or DEALLOCATE) turns the cache
+-- off for its pool; DISCARD TEMP keeps them, so a text prepared anyway would show here
+SELECT dbpool_alter_pool('one', '{"reset_query": "DISCARD TEMP"}');
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 4', ARRAY['1']) AS t(a int);
+SELECT * FROM dbpool_query('one', 'SELECT $1::int + 4', ARRAY['1']) AS t(a int);
+SELECT * FROM dbpool_query('one', 'SELECT $1::int + 4', ARRAY['1']) AS t(a int);
+SELECT count(*) FROM one_prepared;
+-- without it, the same text is prepared
+SELECT dbpool_alter_pool('one', '{"reset_query": null}');
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 4', ARRAY['1']) AS t(a int);
 SELECT * FROM dbpool_query('one', 'SELECT $1::int + 4', ARRAY['1']) AS t(a int);
 SELECT count(*) FROM one_prepared;

@@ -201,29 +201,14 @@ send_query(WorkerConn *conn, WorkerChannel *ch, bool unnamed)
 	return true;
 }
 
-/* Whether s contains word, ignoring case. */
-static bool
-contains_word(const char *s, const char *word)
-{
-	size_t		n = strlen(word);
-
-	for (; *s; s++)
-		if (pg_strncasecmp(s, word, n) == 0)
-			return true;
-	return false;
-}
-
 /* The request's statement-cache entry, or NULL when it should not use the cache. */
 static StmtEntry *
 cache_entry(WorkerConn *conn, WorkerChannel *ch)
 {
-	const char *reset = conn->pool->settings.reset_query;
-
 	if (ch->nparams < 0)
 		return NULL;			/* simple protocol: nothing to prepare */
-	/* a reset_query that drops prepared statements would defeat the cache */
-	if (reset[0] != '\0' && (contains_word(reset, "discard") || contains_word(reset, "deallocate")))
-		return NULL;
+	if (!conn->pool->stmt_cache_allowed)
+		return NULL;			/* its reset_query would drop them after each call */
 	return DbpoolStmtLookup(&conn->stmts, ch->sql, ch->nparams);
 }
 
@@ -396,7 +381,7 @@ request_done(WorkerConn *conn)
 		if (conn->stmt_lost)
 			DbpoolStmtLost(&conn->stmts, conn->stmt);
 		else
-			DbpoolStmtEvict(&conn->stmts, conn->stmt, true);
+			DbpoolStmtEvict(&conn->stmts, conn->stmt);
 		conn->stmt = NULL;
 		conn->stmt_retry = conn->stmt_lost = false;
 		conn->status[0] = '\0';

@@ -592,6 +592,7 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 	dlist_mutable_iter it;
 
 	pool->settings = cfg->settings;
+	pool->stmt_cache_allowed = DbpoolStmtCacheAllowed(cfg->settings.reset_query);
 	pool->owner_is_superuser = cfg->owner_is_superuser;
 	if (demoted)
 		pool->conninfo_gen++;	/* its connections passed a check the owner would not now */

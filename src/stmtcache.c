@@ -72,20 +72,40 @@ queue_deallocate(StmtCache *cache, StmtEntry *e)
 	cache->dealloc[cache->ndealloc++] = e->id;
 }
 
+/* Drop an entry from the cache; DEALLOCATE its statement at the next cleanup if prepared. */
+void
+DbpoolStmtEvict(StmtCache *cache, StmtEntry *e)
+{
+	if (e->prepared)
+		queue_deallocate(cache, e);
+	dlist_delete(&e->node);
+	free_entry(e);
+	cache->n--;
+}
+
 /* Let the least recently used entries fall out until at most limit are left. */
 void
 DbpoolStmtTrim(StmtCache *cache, int limit)
 {
 	while (cache->n > limit)
-	{
-		StmtEntry  *e = dlist_container(StmtEntry, node, dlist_tail_node(&cache->lru));
+		DbpoolStmtEvict(cache, dlist_container(StmtEntry, node, dlist_tail_node(&cache->lru)));
+}
 
-		dlist_delete(&e->node);
-		if (e->prepared)
-			queue_deallocate(cache, e);
-		free_entry(e);
-		cache->n--;
-	}
+/*
+ * Whether a pool with this reset_query may cache statements: not if it seems
+ * to drop them after every call (DISCARD, DEALLOCATE; a plain substring test,
+ * so DISCARD TEMP turns the cache off too).  Computed when the pool's
+ * settings change, not per query.
+ */
+bool
+DbpoolStmtCacheAllowed(const char *reset_query)
+{
+	const char *p;
+
+	for (p = reset_query; *p; p++)
+		if (pg_strncasecmp(p, "discard", 7) == 0 || pg_strncasecmp(p, "deallocate", 10) == 0)
+			return false;
+	return true;
 }
 
 /*
@@ -139,17 +159,6 @@ DbpoolStmtName(StmtCache *cache, StmtEntry *e, char *buf, size_t size)
 	if (!e->prepared)
 		e->id = cache->next_id++;
 	snprintf(buf, size, "dbpool_s%u", e->id);
-}
-
-/* Drop one entry whose prepared statement went bad; DEALLOCATE it if it may still exist. */
-void
-DbpoolStmtEvict(StmtCache *cache, StmtEntry *e, bool exists)
-{
-	if (e->prepared && exists)
-		queue_deallocate(cache, e);
-	dlist_delete(&e->node);
-	free_entry(e);
-	cache->n--;
 }
 
 /*

@@ -165,6 +165,7 @@ struct WorkerPool
 	MemoryContext params_cxt;	/* holds them */
 	int			connect_timeout_ms;
 	bool		owner_is_superuser;
+	bool		stmt_cache_allowed;	/* its reset_query keeps prepared statements */
 	bool		dropping;
 	TimestampTz drop_deadline;
 
@@ -244,7 +245,8 @@ extern void DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const 
 extern void DbpoolStmtInit(StmtCache *cache);
 extern StmtEntry *DbpoolStmtLookup(StmtCache *cache, const char *sql, int nparams);
 extern void DbpoolStmtName(StmtCache *cache, StmtEntry *e, char *buf, size_t size);
-extern void DbpoolStmtEvict(StmtCache *cache, StmtEntry *e, bool exists);
+extern void DbpoolStmtEvict(StmtCache *cache, StmtEntry *e);
+extern bool DbpoolStmtCacheAllowed(const char *reset_query);
 extern void DbpoolStmtTrim(StmtCache *cache, int limit);
 extern void DbpoolStmtLost(StmtCache *cache, StmtEntry *e);
 extern bool DbpoolStmtHasDeallocate(StmtCache *cache);
