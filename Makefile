@@ -14,7 +14,10 @@ OBJS = \
 	src/cancel.o \
 	src/query.o \
 	src/admin.o \
-	src/views.o
+	src/stats.o \
+	src/slowlog.o \
+	src/views.o \
+	src/detail.o
 
 EXTENSION = dbpool
 DATA = dbpool--1.0.sql
@@ -26,7 +29,7 @@ SHLIB_LINK = -L$(shell $(PG_CONFIG) --libdir) -lpq -lpthread
 
 # pg_regress: a throwaway instance with dbpool preloaded; the foreign side is another database
 # of the same server.  TAP (test/t) deletes tmp_check, so the regress instance lives elsewhere.
-REGRESS = setup admin query stmtcache security
+REGRESS = setup admin query stmtcache metrics security
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress --temp-config=$(srcdir)/test/regress.conf \
 	--port=25431 --load-extension=dbpool --encoding=UTF8 --no-locale
 TAP_TESTS = 1
@@ -37,4 +40,4 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS tracks no header dependencies: a changed struct must rebuild every object.
-$(OBJS): src/dbpool.h src/worker.h
+$(OBJS): src/dbpool.h src/worker.h src/stats.h

@@ -17,7 +17,8 @@ CREATE TABLE dbpool_config (
     query_timeout_ms   int NOT NULL,
     idle_timeout_ms    int NOT NULL,
     max_lifetime_ms    int NOT NULL,
-    reset_query        text
+    reset_query        text,
+    slow_query_ms      int NOT NULL DEFAULT 1000
 );
 
 CREATE TABLE dbpool_grant (
@@ -55,12 +56,13 @@ CREATE FUNCTION dbpool_create_pool(
     query_timeout_ms int DEFAULT 0,
     idle_timeout_ms int DEFAULT 600000,
     max_lifetime_ms int DEFAULT 3600000,
-    reset_query text DEFAULT NULL)
+    reset_query text DEFAULT NULL,
+    slow_query_ms int DEFAULT 1000)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_create_pool'
 LANGUAGE C VOLATILE;
 
-REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int) FROM PUBLIC;
 
 CREATE FUNCTION dbpool_alter_pool(name text, options jsonb)
 RETURNS void
@@ -104,6 +106,7 @@ CREATE FUNCTION dbpool_pools(
     OUT idle_timeout_ms int,
     OUT max_lifetime_ms int,
     OUT reset_query text,
+    OUT slow_query_ms int,
     OUT owner name,
     OUT state text,
     OUT created_at timestamptz)
@@ -113,3 +116,88 @@ LANGUAGE C VOLATILE;
 
 CREATE VIEW dbpool_pools AS SELECT * FROM dbpool_pools();
 GRANT SELECT ON dbpool_pools TO PUBLIC;
+
+-- Statistics: figures measured by the worker (src/stats.c), readable by everyone; query
+-- texts and error messages only by superusers, pg_read_all_stats and the role that ran them.
+CREATE FUNCTION dbpool_metrics(
+    OUT pool text,
+    OUT state text,
+    OUT total_connections int,
+    OUT active_connections int,
+    OUT idle_connections int,
+    OUT max_size int,
+    OUT connection_utilization float8,
+    OUT waiting_queue_length int,
+    OUT acquire_latency_p50_ms float8,
+    OUT acquire_latency_p99_ms float8,
+    OUT queries_total bigint,
+    OUT errors_total bigint,
+    OUT queries_per_second float8,
+    OUT latency_p50_ms float8,
+    OUT latency_p95_ms float8,
+    OUT latency_p99_ms float8,
+    OUT error_rate float8,
+    OUT slow_queries_count bigint,
+    OUT timeouts_total bigint,
+    OUT stats_reset timestamptz,
+    OUT connecting_connections int,
+    OUT oldest_wait_ms float8,
+    OUT cancels_total bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'dbpool_metrics'
+LANGUAGE C VOLATILE;
+
+CREATE VIEW dbpool_metrics AS SELECT * FROM dbpool_metrics();
+GRANT SELECT ON dbpool_metrics TO PUBLIC;
+
+CREATE FUNCTION dbpool_connections(
+    OUT pool text,
+    OUT conn_id bigint,
+    OUT state text,
+    OUT client_pid int,
+    OUT remote_pid int,
+    OUT created_at timestamptz,
+    OUT state_since timestamptz,
+    OUT active_seconds float8,
+    OUT queries_served bigint,
+    OUT last_query text,
+    OUT last_error text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'dbpool_connections'
+LANGUAGE C VOLATILE;
+
+CREATE VIEW dbpool_connections AS SELECT * FROM dbpool_connections();
+GRANT SELECT ON dbpool_connections TO PUBLIC;
+
+CREATE FUNCTION dbpool_slow_queries(
+    OUT pool text,
+    OUT query text,
+    OUT duration_ms float8,
+    OUT started_at timestamptz,
+    OUT client_pid int,
+    OUT role name,
+    OUT rows bigint,
+    OUT sqlstate text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'dbpool_slow_queries'
+LANGUAGE C VOLATILE;
+
+CREATE VIEW dbpool_slow_queries AS SELECT * FROM dbpool_slow_queries();
+GRANT SELECT ON dbpool_slow_queries TO PUBLIC;
+
+-- The slowest executions of one pool (NULL: of every pool), at most lim (NULL: all).
+CREATE FUNCTION dbpool_slow_queries(pool text, lim int DEFAULT 10)
+RETURNS SETOF dbpool_slow_queries
+AS 'MODULE_PATHNAME', 'dbpool_slow_queries'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION dbpool_detailed_metrics(pool text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'dbpool_detailed_metrics'
+LANGUAGE C VOLATILE;
+
+-- Owners reset their pools, superusers any (checked in C).
+CREATE FUNCTION dbpool_reset_stats(pool text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_reset_stats'
+LANGUAGE C VOLATILE;

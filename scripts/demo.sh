@@ -75,7 +75,7 @@ sql F "INSERT INTO kv SELECT g, 'value ' || g FROM generate_series(1, 5) g"
 echo
 dbpool_log "on L: the extension and a pool of at most 4 connections to F"
 sql L "CREATE EXTENSION dbpool"
-sql L "SELECT dbpool_create_pool('demo', 'host=$demo port=$F_PORT dbname=postgres', min_size => 1, max_size => 4)"
+sql L "SELECT dbpool_create_pool('demo', 'host=$demo port=$F_PORT dbname=postgres', min_size => 1, max_size => 4, slow_query_ms => 150)"
 
 echo
 dbpool_log "queries on F, run from L through the pool"
@@ -104,6 +104,18 @@ echo "   8 concurrent queries done"
 echo
 dbpool_log "the pool, as L sees it"
 sql L "SELECT * FROM dbpool_pools" -x
+
+echo
+dbpool_log "what the pool is doing: dbpool_metrics (percentiles and rates over the last 60 s)"
+sql L "SELECT pool, state, total_connections, active_connections, max_size, waiting_queue_length, acquire_latency_p50_ms, acquire_latency_p99_ms, queries_total, errors_total, latency_p50_ms, latency_p99_ms, error_rate, slow_queries_count FROM dbpool_metrics" -x
+
+echo
+dbpool_log "its connections (remote_pid is the backend on F)"
+sql L "SELECT conn_id, state, remote_pid, queries_served, round(active_seconds::numeric, 3) AS active_seconds, last_query FROM dbpool_connections ORDER BY conn_id"
+
+echo
+dbpool_log "the slowest queries (slow_query_ms = 150 for this pool)"
+sql L "SELECT pool, duration_ms, rows, sqlstate, query FROM dbpool_slow_queries('demo', 3)"
 
 echo
 dbpool_log "dbpool's connections, as F sees them (never more than max_size = 4)"

@@ -110,28 +110,33 @@ DbpoolWaitForCommittedConfig(void)
 	DbpoolWaitForReconcile(pg_atomic_read_u64(&DbpoolShmem->config_committed));
 }
 
+/* Wait until the worker moves *counter to target or beyond; false after timeout_ms. */
+bool
+DbpoolWaitForCounter(pg_atomic_uint64 *counter, uint64 target, int timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	while (pg_atomic_read_u64(counter) < target)
+	{
+		if (GetCurrentTimestamp() >= deadline)
+			return false;
+		backend_wait(2);
+	}
+	return true;
+}
+
 /* Wait (bounded) until the worker has applied reconcile request target. */
 void
 DbpoolWaitForReconcile(uint64 target)
 {
-	TimestampTz deadline;
-
 	if (pg_atomic_read_u64(&DbpoolShmem->config_applied) >= target)
 		return;
 	DbpoolWaitForWorker();
 	DbpoolWakeWorker();
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DBPOOL_WORKER_WAIT_MS);
-	while (pg_atomic_read_u64(&DbpoolShmem->config_applied) < target)
-	{
-		if (GetCurrentTimestamp() >= deadline)
-		{
-			ereport(WARNING,
-					(errmsg("the dbpool worker has not applied the latest pool configuration yet"),
-					 errdetail("Using the configuration it applied last.")));
-			return;
-		}
-		backend_wait(2);
-	}
+	if (!DbpoolWaitForCounter(&DbpoolShmem->config_applied, target, DBPOOL_WORKER_WAIT_MS))
+		ereport(WARNING,
+				(errmsg("the dbpool worker has not applied the latest pool configuration yet"),
+				 errdetail("Using the configuration it applied last.")));
 }
 
 /* Detach our handles and tell the worker; safe to call in any state. */
@@ -338,6 +343,8 @@ DbpoolWorkerChannelsInit(void)
 static void
 drop_request(WorkerChannel *ch)
 {
+	if (ch->state != REQ_NONE)
+		DbpoolStatsRequestEnd(ch, ch->conn, NULL, NULL, true);	/* unless answered */
 	if (ch->state == REQ_WAITING)
 		DbpoolPoolForget(ch);
 	else if (ch->state == REQ_RUNNING && ch->conn)

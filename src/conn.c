@@ -37,12 +37,29 @@ notice_noop(void *arg, const char *message)
 {
 }
 
-/* Change state and note when. */
-static void
-set_state(WorkerConn *conn, ConnState state)
+/* Change state, note when, add up the time spent active, and publish it. */
+void
+DbpoolConnSetState(WorkerConn *conn, ConnState state)
 {
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (conn->state == CONN_ACTIVE)
+		conn->active_us += Max(now - conn->state_since, 0);
 	conn->state = state;
-	conn->state_since = GetCurrentTimestamp();
+	conn->state_since = now;
+	DbpoolStatsConnUpdate(conn);
+}
+
+/* The SQLSTATE (into state[6]) and message of an 'E' record. */
+static const char *
+record_error(const StringInfo rec, char *state)
+{
+	int32		len;
+
+	memcpy(state, rec->data + 1, 5);
+	state[5] = '\0';
+	memcpy(&len, rec->data + 6, 4);
+	return pnstrdup(rec->data + 10, len);
 }
 
 /* libpq's last error for conn, without the trailing newline. */
@@ -60,10 +77,11 @@ fail_connect(WorkerConn *conn, const char *detail)
 {
 	WorkerPool *pool = conn->pool;
 
+	DbpoolStatsCount(pool, DBPOOL_C_CONN_FAILURES);
 	DbpoolPoolConnFailed(pool, "08001",
 						 psprintf("could not connect to pool \"%s\"", pool->name),
 						 detail, NULL);
-	DbpoolConnClose(conn);
+	DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
 }
 
 /* Start a connection for pool; NULL if it failed at once (the pool was told). */
@@ -80,6 +98,7 @@ DbpoolConnOpen(WorkerPool *pool)
 	conn->wait_pos = -1;
 	conn->created_at = conn->state_since = now;
 	conn->conninfo_gen = pool->conninfo_gen;
+	DbpoolStatsConnOpened(conn);
 	old = MemoryContextSwitchTo(DbpoolWorkerContext);
 	initStringInfo(&conn->error);
 	MemoryContextSwitchTo(old);
@@ -146,6 +165,7 @@ DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const char *messag
 
 	if (ch == NULL)
 		return;
+	DbpoolStatsRequestEnd(ch, conn, sqlstate, message, false);
 	conn->ch = NULL;
 	ch->conn = NULL;
 	DbpoolChannelError(ch, sqlstate, message, detail, hint);
@@ -228,9 +248,13 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 	conn->orphaned = false;
 	conn->result_started = false;
 	conn->status[0] = '\0';
+	conn->rows = 0;
 	conn->preparing = conn->stmt_retry = conn->stmt_lost = false;
 	resetStringInfo(&conn->error);
-	set_state(conn, CONN_ACTIVE);
+	conn->state = CONN_ACTIVE;
+	conn->state_since = ch->started_at = GetCurrentTimestamp();
+	DbpoolStatsAcquired(ch);
+	DbpoolStatsConnQuery(conn, ch);
 	/* a lowered dbpool.statement_cache_size applies to every connection that serves */
 	DbpoolStmtTrim(&conn->stmts, Max(DbpoolStatementCacheSize, 0));
 	e = conn->stmt = cache_entry(conn, ch);
@@ -250,7 +274,7 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 		DbpoolConnFailRequest(conn, "08006",
 							  psprintf("could not send the query to pool \"%s\"", pool->name),
 							  conn_error(conn), NULL);
-		DbpoolConnClose(conn);
+		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 		return;
 	}
 	conn->deadline = pool->settings.query_timeout_ms > 0 ?
@@ -268,10 +292,14 @@ DbpoolConnOrphan(WorkerConn *conn)
 	if (conn->state != CONN_ACTIVE || conn->orphaned)
 		return;
 	conn->orphaned = true;
+	DbpoolStatsConnUpdate(conn);	/* closing: no client any more */
 	if (conn->cancel == NULL)
 		conn->cancel = DbpoolCancelStart(conn->pg);
 	if (conn->cancel == NULL)
+	{
 		conn->retire = true;	/* no cancel possible: close at the deadline */
+		conn->retire_reason = DBPOOL_CLOSE_ERROR;
+	}
 	conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												 conn->cancel ? DBPOOL_CANCEL_GRACE_MS : 0);
 	DbpoolWorkerDeadline(conn->deadline);
@@ -287,7 +315,7 @@ to_pool(WorkerConn *conn)
 		{
 			if (!(conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL))
 			{
-				set_state(conn, CONN_CLEANUP);
+				DbpoolConnSetState(conn, CONN_CLEANUP);
 				conn->cleanup_step = CLEANUP_AWAIT_CANCEL;
 				conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															 DBPOOL_CANCEL_GRACE_MS);
@@ -352,7 +380,7 @@ start_cleanup(WorkerConn *conn, CleanupStep step)
 		conn->pool->settings.reset_query;
 	bool		ok;
 
-	set_state(conn, CONN_CLEANUP);
+	DbpoolConnSetState(conn, CONN_CLEANUP);
 	conn->cleanup_step = step;
 	resetStringInfo(&conn->error);
 	ok = send_text(conn, sql);
@@ -360,7 +388,7 @@ start_cleanup(WorkerConn *conn, CleanupStep step)
 		pfree((char *) sql);
 	if (!ok)
 	{
-		DbpoolConnClose(conn);
+		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 		return;
 	}
 	conn->deadline = TimestampTzPlusMilliseconds(conn->state_since, DBPOOL_CANCEL_GRACE_MS);
@@ -392,28 +420,34 @@ request_done(WorkerConn *conn)
 	}
 	if (ch)
 	{
-		conn->ch = NULL;
-		ch->conn = NULL;
-		if (conn->error.len > 0)
-			DbpoolChannelAddRecord(ch, &conn->error);
-		else if (txn_open)
-		{
+		if (conn->error.len == 0 && txn_open)
 			DbpoolErrorRecord(&conn->error, "25000",
 							  psprintf("the query left a transaction open on pool \"%s\"",
 									   conn->pool->name),
 							  "dbpool rolled the remote transaction back: a connection goes back to the pool only outside a transaction.",
 							  "End every transaction in the call that starts it, for example 'BEGIN; ...; COMMIT'.",
 							  NULL);
+		if (conn->error.len > 0)
+		{
+			char		state[6];
+			const char *msg = record_error(&conn->error, state);
+
+			DbpoolStatsRequestEnd(ch, conn, state, msg, false);
 			DbpoolChannelAddRecord(ch, &conn->error);
 		}
 		else
+		{
+			DbpoolStatsRequestEnd(ch, conn, NULL, NULL, false);
 			DbpoolChannelAddComplete(ch, conn->status);
+		}
+		conn->ch = NULL;
+		ch->conn = NULL;
 	}
 	conn->deadline = 0;
 	if (txn_open)
 		start_cleanup(conn, CLEANUP_ROLLBACK);
 	else if (ts != PQTRANS_IDLE)
-		DbpoolConnClose(conn);
+		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 	else
 	{
 		CleanupStep next = next_cleanup(conn, CLEANUP_NONE);
@@ -451,7 +485,7 @@ cleanup_done(WorkerConn *conn)
 			 conn->cleanup_step == CLEANUP_ROLLBACK ? "ROLLBACK" :
 			 conn->cleanup_step == CLEANUP_SETTINGS ? "settings reset" :
 			 conn->cleanup_step == CLEANUP_DEALLOCATE ? "DEALLOCATE" : "reset_query");
-		DbpoolConnClose(conn);
+		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 		return;
 	}
 	next = next_cleanup(conn, conn->cleanup_step);
@@ -469,12 +503,13 @@ abort_copy(WorkerConn *conn)
 
 	if (ch)
 	{
+		DbpoolStatsRequestEnd(ch, conn, "0A000", "COPY is not supported by dbpool", false);
 		conn->ch = NULL;
 		ch->conn = NULL;
 		DbpoolChannelAddRecord(ch, &conn->error);
 		DbpoolChannelReply(ch);
 	}
-	DbpoolConnClose(conn);
+	DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 }
 
 /* Bytes row of res would take in a 'D' record. */
@@ -566,6 +601,7 @@ handle_result(WorkerConn *conn, PGresult *res)
 			}
 			if (PQresultStatus(res) == PGRES_TUPLES_OK)
 			{
+				conn->rows += strtol(PQcmdTuples(res), NULL, 10);
 				conn->result_started = false;
 				strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
 			}
@@ -574,6 +610,7 @@ handle_result(WorkerConn *conn, PGresult *res)
 			return true;
 		case PGRES_COMMAND_OK:
 		case PGRES_EMPTY_QUERY:
+			conn->rows += strtol(PQcmdTuples(res), NULL, 10);
 			conn->result_started = false;
 			strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
 			return true;
@@ -611,7 +648,7 @@ conn_broken(WorkerConn *conn)
 	DbpoolConnFailRequest(conn, "08006",
 						  psprintf("lost the connection to pool \"%s\"", conn->pool->name),
 						  conn_error(conn), NULL);
-	DbpoolConnClose(conn);
+	DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 }
 
 /*
@@ -751,15 +788,18 @@ DbpoolConnProcess(WorkerConn *conn)
 				PQsetNoticeProcessor(conn->pg, notice_noop, NULL);
 				if (!pool->owner_is_superuser && !PQconnectionUsedPassword(conn->pg))
 				{
+					DbpoolStatsCount(pool, DBPOOL_C_CONN_FAILURES);
 					DbpoolPoolConnFailed(pool, "2F003", "password is required",
 										 "Non-superuser cannot connect if the server does not request a password.",
 										 "Target server's authentication method must be changed.");
-					DbpoolConnClose(conn);
+					DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
 					return;
 				}
 				pool->nconnecting--;
 				conn->deadline = 0;
-				set_state(conn, CONN_IDLE);
+				conn->remote_pid = PQbackendPID(conn->pg);
+				DbpoolStatsCount(pool, DBPOOL_C_CONNS_CREATED);
+				DbpoolConnSetState(conn, CONN_IDLE);
 				DbpoolPoolConnected(conn);
 			}
 			return;
@@ -771,7 +811,7 @@ DbpoolConnProcess(WorkerConn *conn)
 			{
 				elog(DEBUG1, "dbpool: an idle connection of pool \"%s\" was closed by the server",
 					 conn->pool->name);
-				DbpoolConnClose(conn);
+				DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 				return;
 			}
 			while (!PQisBusy(conn->pg))
@@ -812,6 +852,7 @@ DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
 		case CONN_ACTIVE:
 			if (conn->ch)
 			{
+				DbpoolStatsCount(pool, DBPOOL_C_QUERY_TIMEOUTS);
 				DbpoolConnFailRequest(conn, "57014",
 									  psprintf("canceling query on pool \"%s\" due to query_timeout_ms",
 											   pool->name),
@@ -822,10 +863,10 @@ DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
 				return;
 			}
 			/* orphaned and not ended by its cancel in time */
-			DbpoolConnClose(conn);
+			DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 			return;
 		case CONN_CLEANUP:
-			DbpoolConnClose(conn);
+			DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 			return;
 		case CONN_IDLE:
 			conn->deadline = 0;
@@ -833,12 +874,15 @@ DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
 	}
 }
 
-/* Close the connection and forget it; its pool is told. */
+/* Close the connection and forget it, counted under reason; its pool is told. */
 void
-DbpoolConnClose(WorkerConn *conn)
+DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 {
 	WorkerPool *pool = conn->pool;
 
+	if (reason != DBPOOL_CLOSE_UNCOUNTED && conn->state != CONN_CONNECTING)
+		DbpoolStatsCount(pool, (DbpoolCounter) reason);
+	DbpoolStatsConnClosed(conn);
 	if (conn->ch)
 		DbpoolConnFailRequest(conn, "08006",
 							  psprintf("lost the connection to pool \"%s\"", pool->name),

@@ -11,6 +11,7 @@
 #include "utils/guc.h"
 
 #include "dbpool.h"
+#include "stats.h"
 
 PG_MODULE_MAGIC;
 
@@ -19,6 +20,7 @@ int			DbpoolMaxPools = 32;
 int			DbpoolMaxConnections = 256;
 int			DbpoolQueueSizeKb = 64;
 int			DbpoolStatementCacheSize = 100;
+int			DbpoolSlowQueryLogSize = 1000;
 bool		DbpoolLoadedAtStartup = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -79,7 +81,14 @@ _PG_init(void)
 							"statements cached from then on.",
 							&DbpoolStatementCacheSize, 100, 0, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.slow_query_log_size",
+							"Slow executions kept for dbpool_slow_queries, all pools together.",
+							"A ring in shared memory: the oldest entry makes room for the newest; "
+							"0 keeps none.",
+							&DbpoolSlowQueryLogSize, 1000, 0, 100000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dbpool");
+	DbpoolHistInit();
 
 	DbpoolLoadedAtStartup = true;
 

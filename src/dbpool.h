@@ -41,6 +41,7 @@ extern int	DbpoolMaxPools;
 extern int	DbpoolMaxConnections;
 extern int	DbpoolQueueSizeKb;
 extern int	DbpoolStatementCacheSize;
+extern int	DbpoolSlowQueryLogSize;
 extern bool DbpoolLoadedAtStartup;
 
 /* ---------- pool settings (settings.c) ---------- */
@@ -60,6 +61,7 @@ typedef struct DbpoolSettings
 	int			idle_timeout_ms;
 	int			max_lifetime_ms;
 	char		reset_query[DBPOOL_TEXT_SETTING_LEN];	/* "" = none */
+	int			slow_query_ms;	/* 0 = no slow-query log */
 } DbpoolSettings;
 
 typedef enum DbpoolSettingType
@@ -102,6 +104,7 @@ typedef enum DbpoolPoolState
 typedef struct DbpoolPoolSlot
 {
 	bool		in_use;
+	int			index;			/* its own place in pools[], and in stats[] */
 	DbpoolPoolState state;
 	uint64		pool_id;		/* unique for the life of the server */
 	char		name[DBPOOL_NAME_LEN];
@@ -112,11 +115,6 @@ typedef struct DbpoolPoolSlot
 	DbpoolSettings settings;
 	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted */
 
-	/* gauges, written by the worker without the lock */
-	pg_atomic_uint32 total_conns;
-	pg_atomic_uint32 idle_conns;
-	pg_atomic_uint32 active_conns;
-	pg_atomic_uint32 waiting;
 } DbpoolPoolSlot;
 
 typedef enum DbpoolChannelState
@@ -150,11 +148,18 @@ typedef struct DbpoolShared
 	pg_atomic_uint64 config_applied;	/* last request the worker applied */
 	pg_atomic_uint64 config_committed;	/* the request of the latest committed change */
 	pg_atomic_uint64 registry_gen;	/* bumped after every change a lookup could see */
+	pg_atomic_uint64 reset_requested;	/* bumped by dbpool_reset_stats() */
+	pg_atomic_uint64 reset_applied;	/* the last request the worker has applied */
 	uint64		next_pool_id;	/* worker only */
+	uint64		next_conn_id;	/* worker only */
 	int			nchannels;
 	Size		channel_stride;
 	pg_atomic_uint64 *pending;	/* bitmap: channels with news for the worker */
 	char	   *channels;		/* nchannels * channel_stride bytes */
+	struct DbpoolPoolStats *stats;	/* max_pools, parallel to pools[] (stats.c) */
+	char	   *conn_entries;	/* max_connections DbpoolConnEntry (stats.c) */
+	Size		conn_entry_stride;
+	struct DbpoolSlowLog *slowlog;	/* the slow-query ring (slowlog.c) */
 	DbpoolPoolSlot pools[FLEXIBLE_ARRAY_MEMBER];	/* dbpool.max_pools */
 } DbpoolShared;
 
@@ -170,6 +175,7 @@ extern void DbpoolChannelMarkPending(int index);
 extern void DbpoolWakeWorker(void);
 extern uint64 DbpoolRequestReconcile(void);
 extern void DbpoolRegistryChanged(void);
+extern DbpoolPoolSlot *DbpoolRegistryCopy(int *n);
 
 /* ---------- backend side (channel.c, query.c, admin.c) ---------- */
 
@@ -178,6 +184,7 @@ extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
 extern void DbpoolWaitForWorker(void);
 extern void DbpoolWaitForReconcile(uint64 target);
+extern bool DbpoolWaitForCounter(pg_atomic_uint64 *counter, uint64 target, int timeout_ms);
 extern void DbpoolWaitForCommittedConfig(void);
 extern void DbpoolNoteCommittedConfig(uint64 target);
 extern uint32 DbpoolChannelOpen(void);

@@ -69,10 +69,7 @@ DbpoolPoolPublish(WorkerPool *pool)
 		slot->state = state;
 		DbpoolRegistryChanged();	/* lookups skip DROPPING slots */
 	}
-	pg_atomic_write_u32(&slot->total_conns, pool->nconns);
-	pg_atomic_write_u32(&slot->idle_conns, pool->nidle);
-	pg_atomic_write_u32(&slot->active_conns, pool->nconns - pool->nidle - pool->nconnecting);
-	pg_atomic_write_u32(&slot->waiting, pool->nwaiting);
+	DbpoolStatsGauges(pool);
 }
 
 /* Open connections for waiters, within max_size and dbpool.max_connections. */
@@ -102,6 +99,8 @@ DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
 	TimestampTz now;
 
 	ch->pool = pool;
+	ch->enqueued_at = ch->started_at = 0;
+	ch->counted = false;
 	if (dlist_is_empty(&pool->waiters) && pool->nidle > 0)
 	{
 		WorkerConn *conn = dlist_container(WorkerConn, idle_node,
@@ -144,25 +143,35 @@ static void
 fail_waiter(WorkerChannel *ch, const char *sqlstate, const char *message,
 			const char *detail, const char *hint)
 {
+	DbpoolStatsRequestEnd(ch, NULL, sqlstate, message, false);
 	DbpoolPoolForget(ch);
 	DbpoolChannelError(ch, sqlstate, message, detail, hint);
 }
 
 /*
- * Whether this connection should be closed rather than reused.  A connection
- * past max_lifetime_ms still serves the request it was opened for: otherwise
- * a lifetime shorter than a connect would never serve anyone.
+ * Whether this connection should be closed rather than reused, and why.  A
+ * connection past max_lifetime_ms still serves the request it was opened
+ * for: otherwise a lifetime shorter than a connect would never serve anyone.
  */
 static bool
-should_retire(WorkerConn *conn, TimestampTz now)
+should_retire(WorkerConn *conn, TimestampTz now, DbpoolCloseReason *reason)
 {
 	WorkerPool *pool = conn->pool;
 
-	return conn->retire || pool->dropping ||
-		conn->conninfo_gen != pool->conninfo_gen ||
-		pool->nconns > pool->settings.max_size ||
-		(pool->settings.max_lifetime_ms > 0 && conn->requests_served > 0 &&
-		 now >= TimestampTzPlusMilliseconds(conn->created_at, pool->settings.max_lifetime_ms));
+	if (conn->retire)
+		*reason = conn->retire_reason;
+	else if (pool->dropping)
+		*reason = DBPOOL_CLOSE_DROP;
+	else if (conn->conninfo_gen != pool->conninfo_gen)
+		*reason = DBPOOL_CLOSE_CONFIG;
+	else if (pool->nconns > pool->settings.max_size)
+		*reason = DBPOOL_CLOSE_RESIZE;
+	else if (pool->settings.max_lifetime_ms > 0 && conn->requests_served > 0 &&
+			 now >= TimestampTzPlusMilliseconds(conn->created_at, pool->settings.max_lifetime_ms))
+		*reason = DBPOOL_CLOSE_LIFETIME;
+	else
+		return false;
+	return true;
 }
 
 /* A clean connection is free: serve the first waiter, keep it idle, or close it. */
@@ -170,24 +179,25 @@ void
 DbpoolPoolRelease(WorkerConn *conn)
 {
 	WorkerPool *pool = conn->pool;
+	DbpoolCloseReason reason;
 
-	if (should_retire(conn, GetCurrentTimestamp()))
+	if (should_retire(conn, GetCurrentTimestamp(), &reason))
 	{
-		DbpoolConnClose(conn);
+		DbpoolConnClose(conn, reason);
 		return;
 	}
-	conn->state = CONN_IDLE;
-	conn->state_since = GetCurrentTimestamp();
 	if (!dlist_is_empty(&pool->waiters))
 	{
 		WorkerChannel *ch = dlist_container(WorkerChannel, wait_node,
 											dlist_head_node(&pool->waiters));
 
+		DbpoolConnSetState(conn, CONN_IDLE);
 		DbpoolPoolForget(ch);
 		DbpoolConnStart(conn, ch);
 	}
 	else
 	{
+		DbpoolConnSetState(conn, CONN_IDLE);
 		dlist_push_head(&pool->idle, &conn->idle_node);
 		conn->on_idle_list = true;
 		pool->nidle++;
@@ -277,7 +287,7 @@ steal_idle(WorkerPool *except)
 	}
 	if (victim == NULL)
 		return false;
-	DbpoolConnClose(victim);
+	DbpoolConnClose(victim, DBPOOL_CLOSE_RESIZE);
 	return true;
 }
 
@@ -338,6 +348,7 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 			DbpoolWorkerDeadline(ch->acquire_deadline);
 			continue;
 		}
+		DbpoolStatsCount(pool, DBPOOL_C_ACQUIRE_TIMEOUTS);
 		fail_waiter(ch, "53300",
 					psprintf("could not acquire a connection from pool \"%s\" within %d ms",
 							 pool->name, pool->settings.acquire_timeout_ms),
@@ -361,9 +372,14 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 			bool		idle_expired = pool->settings.idle_timeout_ms > 0 &&
 				pool->nconns > pool->settings.min_size &&
 				now >= TimestampTzPlusMilliseconds(conn->state_since, pool->settings.idle_timeout_ms);
+			DbpoolCloseReason reason;
 
-			if (idle_expired || unused_expired || should_retire(conn, now))
-				DbpoolConnClose(conn);
+			if (should_retire(conn, now, &reason))
+				DbpoolConnClose(conn, reason);
+			else if (unused_expired)
+				DbpoolConnClose(conn, DBPOOL_CLOSE_LIFETIME);
+			else if (idle_expired)
+				DbpoolConnClose(conn, DBPOOL_CLOSE_IDLE);
 		}
 		else if (pool->dropping && conn->ch && now >= pool->drop_deadline)
 		{
@@ -545,7 +561,7 @@ start_drop(WorkerPool *pool)
 		WorkerConn *conn = dlist_container(WorkerConn, pool_node, it.cur);
 
 		if (conn->state == CONN_IDLE || conn->state == CONN_CONNECTING)
-			DbpoolConnClose(conn);
+			DbpoolConnClose(conn, DBPOOL_CLOSE_DROP);
 	}
 	DbpoolPoolPublish(pool);
 }
@@ -579,6 +595,7 @@ create_pool(const PoolConfig *cfg)
 	dlist_init(&pool->idle);
 	dlist_init(&pool->waiters);
 	dlist_push_tail(&DbpoolWorkerPools, &pool->node);
+	DbpoolStatsPoolCreated(pool);
 	return pool;
 }
 
@@ -612,11 +629,12 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 	dlist_foreach_modify(it, &pool->conns)
 	{
 		WorkerConn *conn = dlist_container(WorkerConn, pool_node, it.cur);
+		DbpoolCloseReason reason;
 
-		if (conn->state == CONN_IDLE && should_retire(conn, GetCurrentTimestamp()))
-			DbpoolConnClose(conn);
+		if (conn->state == CONN_IDLE && should_retire(conn, GetCurrentTimestamp(), &reason))
+			DbpoolConnClose(conn, reason);
 		else if (conn->state == CONN_CONNECTING && (conninfo_changed || demoted))
-			DbpoolConnClose(conn);
+			DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
 	}
 	publish_config(pool, cfg);
 	grow(pool);					/* a bigger max_size serves waiters at once */
@@ -669,6 +687,7 @@ DbpoolPoolCloseAll(void)
 		dlist_mutable_iter cit;
 
 		dlist_foreach_modify(cit, &pool->conns)
-			DbpoolConnClose(dlist_container(WorkerConn, pool_node, cit.cur));
+			DbpoolConnClose(dlist_container(WorkerConn, pool_node, cit.cur),
+							DBPOOL_CLOSE_UNCOUNTED);
 	}
 }

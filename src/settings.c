@@ -24,6 +24,7 @@ const DbpoolSettingDesc DbpoolSettingDescs[] = {
 	INT_SETTING(idle_timeout_ms, 600000, 0),
 	INT_SETTING(max_lifetime_ms, 3600000, 0),
 	TEXT_SETTING(reset_query),
+	INT_SETTING(slow_query_ms, 1000, 0),
 };
 const int	DbpoolNumSettings = lengthof(DbpoolSettingDescs);
 

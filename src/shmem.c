@@ -6,14 +6,16 @@
  *	DbpoolShared, with dbpool.max_pools DbpoolPoolSlots
  *	the pending bitmap: one bit per channel, pg_atomic_uint64 words
  *	MaxBackends channels, each a DbpoolChannel, a request shm_mq of
- *	DBPOOL_REQUEST_QUEUE_SIZE bytes and a response shm_mq of dbpool.queue_size.
+ *	DBPOOL_REQUEST_QUEUE_SIZE bytes and a response shm_mq of dbpool.queue_size
+ *	the statistics, connection table and slow-query ring (stats.c, whose
+ *	header states their rules)
  *
  * Locking and ownership rules:
  *	- The pool registry (pools[]) is written only by the worker, under
  *	  DbpoolShmem->lock in exclusive mode.  Backends read it under the lock in
  *	  shared mode and copy what they need; they never keep pointers into it.
- *	  The gauges (atomics) and state (an int) in a slot are written by the
- *	  worker without the lock; readers may see them a moment stale.
+ *	  The state (an int) in a slot is written by the worker without the
+ *	  lock; readers may see it a moment stale.
  *	- worker_pid, worker_proc, worker_gen, database_checked and last_wait_log
  *	  are protected by DbpoolShmem->mutex (a spinlock: a few loads/stores).
  *	- config_requested is bumped by a backend that needs the worker to re-read
@@ -48,6 +50,7 @@
 #include "storage/spin.h"
 
 #include "dbpool.h"
+#include "stats.h"
 
 DbpoolShared *DbpoolShmem = NULL;
 
@@ -89,6 +92,7 @@ dbpool_shmem_size(void)
 
 	size = add_size(size, MAXALIGN(mul_size(sizeof(pg_atomic_uint64), pending_words())));
 	size = add_size(size, mul_size(channel_stride(), MaxBackends));
+	size = add_size(size, DbpoolStatsShmemSize());
 	return size;
 }
 
@@ -120,16 +124,11 @@ DbpoolShmemStartup(void)
 		pg_atomic_init_u64(&DbpoolShmem->config_applied, 0);
 		pg_atomic_init_u64(&DbpoolShmem->config_committed, 0);
 		pg_atomic_init_u64(&DbpoolShmem->registry_gen, 1);
+		pg_atomic_init_u64(&DbpoolShmem->reset_requested, 0);
+		pg_atomic_init_u64(&DbpoolShmem->reset_applied, 0);
 		DbpoolShmem->next_pool_id = 1;
 		for (i = 0; i < DbpoolMaxPools; i++)
-		{
-			DbpoolPoolSlot *slot = &DbpoolShmem->pools[i];
-
-			pg_atomic_init_u32(&slot->total_conns, 0);
-			pg_atomic_init_u32(&slot->idle_conns, 0);
-			pg_atomic_init_u32(&slot->active_conns, 0);
-			pg_atomic_init_u32(&slot->waiting, 0);
-		}
+			DbpoolShmem->pools[i].index = i;
 	}
 	/* pointers are per process (EXEC_BACKEND maps elsewhere): always recompute */
 	DbpoolShmem->pending = (pg_atomic_uint64 *) (base + header_size());
@@ -137,6 +136,7 @@ DbpoolShmemStartup(void)
 		MAXALIGN(sizeof(pg_atomic_uint64) * pending_words());
 	DbpoolShmem->channel_stride = channel_stride();
 	DbpoolShmem->nchannels = MaxBackends;
+	DbpoolStatsShmemInit(DbpoolShmem->channels + channel_stride() * MaxBackends, found);
 	if (!found)
 	{
 		for (i = 0; i < pending_words(); i++)
@@ -202,6 +202,22 @@ void
 DbpoolRegistryChanged(void)
 {
 	(void) pg_atomic_fetch_add_u64(&DbpoolShmem->registry_gen, 1);
+}
+
+/* Copy every registry slot in use (under the shared lock); *n gets how many. */
+DbpoolPoolSlot *
+DbpoolRegistryCopy(int *n)
+{
+	DbpoolPoolSlot *copy = palloc(sizeof(DbpoolPoolSlot) * DbpoolMaxPools);
+	int			i;
+
+	*n = 0;
+	LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
+	for (i = 0; i < DbpoolMaxPools; i++)
+		if (DbpoolShmem->pools[i].in_use)
+			memcpy(&copy[(*n)++], &DbpoolShmem->pools[i], sizeof(DbpoolPoolSlot));
+	LWLockRelease(DbpoolShmem->lock);
+	return copy;
 }
 
 /* Ask the worker to re-read the configuration table; returns the request to wait for. */

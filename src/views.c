@@ -1,23 +1,37 @@
 /*
  * views.c
- *		The functions behind dbpool's views.
+ *		The functions behind dbpool's views (dbpool_pools, dbpool_metrics,
+ *		dbpool_connections, dbpool_slow_queries) and dbpool_reset_stats().
+ *		They read copies: the registry under its shared lock, the statistics
+ *		through stats.c's consistent snapshots.
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "dbpool.h"
+#include "stats.h"
 
 PG_FUNCTION_INFO_V1(dbpool_pools);
+PG_FUNCTION_INFO_V1(dbpool_metrics);
+PG_FUNCTION_INFO_V1(dbpool_connections);
+PG_FUNCTION_INFO_V1(dbpool_slow_queries);
+PG_FUNCTION_INFO_V1(dbpool_reset_stats);
+
+#define INSUFFICIENT_PRIVILEGE "<insufficient privilege>"
 
 /* A pool state's SQL name. */
-static const char *
-state_name(DbpoolPoolState state)
+const char *
+DbpoolPoolStateName(DbpoolPoolState state)
 {
 	switch (state)
 	{
@@ -33,26 +47,81 @@ state_name(DbpoolPoolState state)
 	return "unknown";
 }
 
+/* UTF8 text from shared memory as a text Datum in the database encoding. */
+Datum
+DbpoolUtf8TextDatum(const char *s)
+{
+	return CStringGetTextDatum(pg_any_to_server(s, strlen(s), PG_UTF8));
+}
+
+/* Milliseconds rounded to the microsecond, the unit every latency is kept in. */
+double
+DbpoolRoundMs(double ms)
+{
+	return rint(ms * 1000.0) / 1000.0;
+}
+
+/*
+ * The registry slot of the live pool of that name; with dropping, of a pool
+ * being dropped if there is no live one.  42704 if there is none.
+ */
+DbpoolPoolSlot *
+DbpoolFindSlot(DbpoolPoolSlot *slots, int n, const char *name, bool dropping)
+{
+	DbpoolPoolSlot *dropped = NULL;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (strcmp(slots[i].name, name) != 0)
+			continue;
+		if (slots[i].state != DBPOOL_POOL_DROPPING)
+			return &slots[i];
+		dropped = &slots[i];
+	}
+	if (dropping && dropped)
+		return dropped;
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("pool \"%s\" does not exist", name),
+			 errhint("dbpool_pools lists the pools.")));
+	return NULL;
+}
+
+/* The registry slot holding pool_id, or NULL. */
+static DbpoolPoolSlot *
+slot_by_id(DbpoolPoolSlot *slots, int n, int index, uint64 pool_id)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (slots[i].index == index && slots[i].pool_id == pool_id)
+			return &slots[i];
+	return NULL;
+}
+
+/* A pool's statistics; zeroes while the worker has not initialized them yet. */
+void
+DbpoolSlotStats(const DbpoolPoolSlot *slot, DbpoolPoolStats *copy)
+{
+	if (!DbpoolPoolStatsSnapshot(slot->index, slot->pool_id, copy))
+		memset(copy, 0, sizeof(*copy));
+}
+
 /* dbpool_pools(): one row per pool, conninfo with its password masked. */
 Datum
 dbpool_pools(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	DbpoolPoolSlot *copy;
-	int			n = 0;
+	int			n;
 	int			i,
 				j;
 
 	DbpoolCheckLoaded();
 	InitMaterializedSRF(fcinfo, 0);
 	DbpoolWaitForCommittedConfig();
-
-	copy = palloc(sizeof(DbpoolPoolSlot) * DbpoolMaxPools);
-	LWLockAcquire(DbpoolShmem->lock, LW_SHARED);
-	for (i = 0; i < DbpoolMaxPools; i++)
-		if (DbpoolShmem->pools[i].in_use)
-			memcpy(&copy[n++], &DbpoolShmem->pools[i], sizeof(DbpoolPoolSlot));
-	LWLockRelease(DbpoolShmem->lock);
+	copy = DbpoolRegistryCopy(&n);
 
 	for (i = 0; i < n; i++)
 	{
@@ -84,9 +153,305 @@ dbpool_pools(PG_FUNCTION_ARGS)
 		else
 			nulls[c] = true;
 		c++;
-		values[c++] = CStringGetTextDatum(state_name(p->state));
+		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(p->state));
 		values[c++] = TimestampTzGetDatum(p->created_at);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* Set a float8 column to a latency in ms, or NULL when there is no sample (-1). */
+static void
+put_ms(Datum *values, bool *nulls, int c, double ms)
+{
+	if (ms < 0)
+		nulls[c] = true;
+	else
+		values[c] = Float8GetDatum(DbpoolRoundMs(ms));
+}
+
+/* dbpool_metrics(): one row per pool, the figures an operator looks at first. */
+Datum
+dbpool_metrics(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	DbpoolPoolSlot *slots;
+	DbpoolPoolStats *s = palloc(sizeof(DbpoolPoolStats));
+	DbpoolWindowFigures *w = palloc(sizeof(DbpoolWindowFigures));
+	int			n,
+				i;
+
+	DbpoolCheckLoaded();
+	InitMaterializedSRF(fcinfo, 0);
+	DbpoolWaitForCommittedConfig();
+	slots = DbpoolRegistryCopy(&n);
+
+	for (i = 0; i < n; i++)
+	{
+		DbpoolPoolSlot *p = &slots[i];
+		Datum		values[23];
+		bool		nulls[23] = {0};
+		TimestampTz now;
+		double		qps,
+					eps;
+		int			c = 0;
+
+		DbpoolSlotStats(p, s);
+		now = GetCurrentTimestamp();
+		DbpoolWindowSum(s, now, w);
+		DbpoolRates(s, now, 60, &qps, &eps);
+
+		values[c++] = CStringGetTextDatum(p->name);
+		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(p->state));
+		values[c++] = Int32GetDatum(s->total);
+		values[c++] = Int32GetDatum(s->active);
+		values[c++] = Int32GetDatum(s->idle);
+		values[c++] = Int32GetDatum(p->settings.max_size);
+		values[c++] = Float8GetDatum(p->settings.max_size > 0 ?
+									 (double) s->active / p->settings.max_size : 0);
+		values[c++] = Int32GetDatum(s->waiting);
+		put_ms(values, nulls, c++, DbpoolHistPercentile(w->acquire, w->acquire_n, 0.50));
+		put_ms(values, nulls, c++, DbpoolHistPercentile(w->acquire, w->acquire_n, 0.99));
+		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_QUERIES]);
+		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_ERRORS]);
+		values[c++] = Float8GetDatum(qps);
+		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.50));
+		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.95));
+		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.99));
+		values[c++] = Float8GetDatum(qps > 0 ? eps / qps : 0);
+		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_SLOW]);
+		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_ACQUIRE_TIMEOUTS] +
+									s->counters[DBPOOL_C_QUERY_TIMEOUTS]);
+		if (s->stats_reset)
+			values[c] = TimestampTzGetDatum(s->stats_reset);
+		else
+			nulls[c] = true;
+		c++;
+		values[c++] = Int32GetDatum(s->connecting);
+		if (s->oldest_wait_since)
+			values[c] = Float8GetDatum(DbpoolRoundMs(Max(now - s->oldest_wait_since, 0) / 1000.0));
+		else
+			nulls[c] = true;
+		c++;
+		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_CANCELS]);
+		Assert(c == lengthof(values));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* dbpool_connections(): one row per outbound connection. */
+Datum
+dbpool_connections(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	DbpoolPoolSlot *slots;
+	DbpoolConnEntry *entries;
+	int			nslots,
+				n,
+				i;
+	TimestampTz now;
+
+	DbpoolCheckLoaded();
+	InitMaterializedSRF(fcinfo, 0);
+	DbpoolWaitForCommittedConfig();
+	slots = DbpoolRegistryCopy(&nslots);
+	n = DbpoolConnSnapshot(&entries);
+	now = GetCurrentTimestamp();
+
+	for (i = 0; i < n; i++)
+	{
+		DbpoolConnEntry *e = (DbpoolConnEntry *) ((char *) entries +
+												  DbpoolShmem->conn_entry_stride * i);
+		DbpoolPoolSlot *p = slot_by_id(slots, nslots, e->pool_slot, e->pool_id);
+		Datum		values[11];
+		bool		nulls[11] = {0};
+		bool		may_see = DbpoolMaySeeText(e->last_role);
+		int64		active_us = e->active_us;
+		int			c = 0;
+
+		if (p == NULL)
+			continue;			/* its pool is gone */
+		if (e->state == DBPOOL_CONN_ACTIVE)
+			active_us += Max(now - e->state_since, 0);
+		values[c++] = CStringGetTextDatum(p->name);
+		values[c++] = Int64GetDatum(e->conn_id);
+		values[c++] = CStringGetTextDatum(DbpoolConnStateName(e->state));
+		values[c] = Int32GetDatum(e->client_pid);
+		nulls[c++] = e->client_pid == 0;
+		values[c] = Int32GetDatum(e->remote_pid);
+		nulls[c++] = e->remote_pid == 0;
+		values[c++] = TimestampTzGetDatum(e->created_at);
+		values[c++] = TimestampTzGetDatum(e->state_since);
+		values[c++] = Float8GetDatum(active_us / 1000000.0);
+		values[c++] = Int64GetDatum(e->queries_served);
+		if (e->last_query[0] == '\0')
+			nulls[c] = true;
+		else
+			values[c] = may_see ? DbpoolUtf8TextDatum(e->last_query) :
+				CStringGetTextDatum(INSUFFICIENT_PRIVILEGE);
+		c++;
+		if (e->last_error[0] == '\0')
+			nulls[c] = true;
+		else
+			values[c] = may_see ? DbpoolUtf8TextDatum(e->last_error) :
+				CStringGetTextDatum(INSUFFICIENT_PRIVILEGE);
+		c++;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* Order slow queries slowest first. */
+static int
+slowest_first(const void *a, const void *b)
+{
+	const DbpoolSlowEntry *x = *(DbpoolSlowEntry *const *) a;
+	const DbpoolSlowEntry *y = *(DbpoolSlowEntry *const *) b;
+
+	if (x->duration_us != y->duration_us)
+		return x->duration_us > y->duration_us ? -1 : 1;
+	return x->seq > y->seq ? -1 : (x->seq < y->seq ? 1 : 0);
+}
+
+/*
+ * dbpool_slow_queries() and dbpool_slow_queries(pool, lim): the slow
+ * executions still in the ring, of live pools since their stats_reset.
+ * Without arguments (the view), newest first; with a pool (NULL: every
+ * pool), the lim slowest (NULL: all).
+ */
+Datum
+dbpool_slow_queries(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		by_pool = PG_NARGS() > 0;
+	DbpoolPoolSlot *slots;
+	DbpoolPoolSlot *only = NULL;
+	DbpoolSlowEntry *entries;
+	DbpoolSlowEntry **keep;
+	DbpoolPoolStats *s = palloc(sizeof(DbpoolPoolStats));
+	uint64	   *seq_at_reset;
+	int64		lim = -1;
+	int			nslots,
+				n,
+				nkeep = 0,
+				i;
+
+	DbpoolCheckLoaded();
+	if (by_pool && !PG_ARGISNULL(1))
+	{
+		lim = PG_GETARG_INT32(1);
+		if (lim < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("lim must not be negative")));
+	}
+	InitMaterializedSRF(fcinfo, 0);
+	DbpoolWaitForCommittedConfig();
+	slots = DbpoolRegistryCopy(&nslots);
+	if (by_pool && !PG_ARGISNULL(0))
+		only = DbpoolFindSlot(slots, nslots, text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+
+	/* entries before a pool's last reset are hidden */
+	seq_at_reset = palloc0(sizeof(uint64) * nslots);
+	for (i = 0; i < nslots; i++)
+	{
+		DbpoolSlotStats(&slots[i], s);
+		seq_at_reset[i] = s->slow_seq_at_reset;
+	}
+
+	n = DbpoolSlowSnapshot(&entries);
+	keep = palloc(sizeof(DbpoolSlowEntry *) * Max(n, 1));
+	for (i = n - 1; i >= 0; i--)
+	{
+		DbpoolSlowEntry *e = (DbpoolSlowEntry *) ((char *) entries +
+												  DbpoolShmem->slowlog->stride * i);
+		int			j;
+
+		for (j = 0; j < nslots; j++)
+			if (slots[j].pool_id == e->pool_id)
+				break;
+		if (j == nslots || e->seq < seq_at_reset[j])
+			continue;
+		if (only && only->pool_id != e->pool_id)
+			continue;
+		keep[nkeep++] = e;
+	}
+	if (by_pool)
+		qsort(keep, nkeep, sizeof(DbpoolSlowEntry *), slowest_first);
+
+	for (i = 0; i < nkeep && (lim < 0 || i < lim); i++)
+	{
+		DbpoolSlowEntry *e = keep[i];
+		Datum		values[8];
+		bool		nulls[8] = {0};
+		char	   *role = GetUserNameFromId(e->role, true);
+		int			c = 0;
+
+		values[c++] = CStringGetTextDatum(e->pool);
+		values[c++] = DbpoolMaySeeText(e->role) ? DbpoolUtf8TextDatum(e->query) :
+			CStringGetTextDatum(INSUFFICIENT_PRIVILEGE);
+		values[c++] = Float8GetDatum(DbpoolRoundMs(e->duration_us / 1000.0));
+		values[c++] = TimestampTzGetDatum(e->started_at);
+		values[c++] = Int32GetDatum(e->client_pid);
+		if (role)
+			values[c] = DirectFunctionCall1(namein, CStringGetDatum(role));
+		else
+			nulls[c] = true;
+		c++;
+		values[c++] = Int64GetDatum(e->rows);
+		if (e->sqlstate[0])
+			values[c] = CStringGetTextDatum(e->sqlstate);
+		else
+			nulls[c] = true;
+		c++;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * dbpool_reset_stats(pool DEFAULT NULL): start a pool's figures (and its slow
+ * queries) afresh; NULL: every pool the caller owns (a superuser: all).  The
+ * worker applies it; this waits until it has.
+ */
+Datum
+dbpool_reset_stats(PG_FUNCTION_ARGS)
+{
+	DbpoolPoolSlot *slots;
+	int			n,
+				i;
+	uint64		target;
+	Oid			me = GetUserId();
+
+	DbpoolCheckLoaded();
+	DbpoolWaitForCommittedConfig();
+	slots = DbpoolRegistryCopy(&n);
+	if (!PG_ARGISNULL(0))
+	{
+		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+		DbpoolPoolSlot *p = DbpoolFindSlot(slots, n, name, false);
+
+		if (!superuser() && !has_privs_of_role(me, p->owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of pool \"%s\"", name),
+					 errdetail("Only a pool's owner or a superuser may reset its statistics.")));
+		pg_atomic_write_u32(&DbpoolShmem->stats[p->index].reset_pending, 1);
+	}
+	else
+	{
+		for (i = 0; i < n; i++)
+			if (superuser() || has_privs_of_role(me, slots[i].owner))
+				pg_atomic_write_u32(&DbpoolShmem->stats[slots[i].index].reset_pending, 1);
+	}
+	/* a full barrier: the worker that sees the request sees the marks */
+	target = pg_atomic_add_fetch_u64(&DbpoolShmem->reset_requested, 1);
+	DbpoolWaitForWorker();
+	DbpoolWakeWorker();
+	if (!DbpoolWaitForCounter(&DbpoolShmem->reset_applied, target, DBPOOL_WORKER_WAIT_MS))
+		ereport(WARNING,
+				(errmsg("the dbpool worker has not reset the statistics yet"),
+				 errdetail("It will when it next wakes up.")));
+	PG_RETURN_VOID();
 }

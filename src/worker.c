@@ -506,6 +506,7 @@ DbpoolWorkerMain(Datum main_arg)
 												ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(DbpoolWorkerContext);
 	DbpoolWorkerChannelsInit();
+	DbpoolStatsConnInit();
 
 	/* a previous worker's pools are gone with it: start empty and read the table */
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
@@ -601,6 +602,7 @@ DbpoolWorkerMain(Datum main_arg)
 		process_connections();
 		DbpoolWorkerProcessPending();
 		process_blocked();
+		DbpoolStatsApplyResets();
 		if (DbpoolWorkerServeNeeded)
 			DbpoolPoolServeAll();
 

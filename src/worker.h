@@ -13,6 +13,7 @@
 #include "nodes/pg_list.h"
 
 #include "dbpool.h"
+#include "stats.h"
 
 typedef struct WorkerConn WorkerConn;
 typedef struct WorkerPool WorkerPool;
@@ -75,7 +76,9 @@ typedef struct WorkerChannel
 	WorkerPool *pool;
 	WorkerConn *conn;
 	dlist_node	wait_node;		/* in pool->waiters while REQ_WAITING */
-	TimestampTz enqueued_at;
+	TimestampTz enqueued_at;	/* when it joined the wait queue; 0 if it did not wait */
+	TimestampTz started_at;		/* when a connection started it; 0 until then */
+	bool		counted;		/* its end is in the statistics */
 	TimestampTz acquire_deadline;
 
 	/*
@@ -131,6 +134,12 @@ struct WorkerConn
 	uint32		conninfo_gen;	/* pool->conninfo_gen when opened */
 	uint64		requests_served;
 	bool		retire;			/* close instead of returning to the pool */
+	DbpoolCloseReason retire_reason;	/* ... and why */
+	int			entry;			/* its DbpoolConnEntry, -1 if none */
+	uint64		conn_id;
+	int32		remote_pid;
+	int64		active_us;		/* time spent serving earlier requests */
+	int64		rows;			/* rows retrieved or affected by the current request */			/* close instead of returning to the pool */
 
 	/* the request */
 	WorkerChannel *ch;			/* NULL once orphaned (client gone or answered) */
@@ -231,9 +240,10 @@ extern void DbpoolPoolCloseAll(void);
 /* conn.c */
 extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
 extern void DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch);
+extern void DbpoolConnSetState(WorkerConn *conn, ConnState state);
 extern void DbpoolConnProcess(WorkerConn *conn);
 extern void DbpoolConnOrphan(WorkerConn *conn);
-extern void DbpoolConnClose(WorkerConn *conn);
+extern void DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason);
 extern void DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now);
 extern uint32 DbpoolConnWantedEvents(WorkerConn *conn);
 extern bool DbpoolConnPollCancel(WorkerConn *conn);
@@ -253,6 +263,22 @@ extern bool DbpoolStmtHasDeallocate(StmtCache *cache);
 extern char *DbpoolStmtDeallocateSQL(StmtCache *cache);
 extern void DbpoolStmtDeallocateDone(StmtCache *cache, bool ok);
 extern void DbpoolStmtFree(StmtCache *cache);
+
+/* stats.c, slowlog.c (worker side) */
+extern void DbpoolStatsPoolCreated(WorkerPool *pool);
+extern void DbpoolStatsGauges(WorkerPool *pool);
+extern void DbpoolStatsCount(WorkerPool *pool, DbpoolCounter c);
+extern void DbpoolStatsAcquired(WorkerChannel *ch);
+extern void DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
+								  const char *message, bool cancelled);
+extern void DbpoolStatsConnInit(void);
+extern void DbpoolStatsConnOpened(WorkerConn *conn);
+extern void DbpoolStatsConnUpdate(WorkerConn *conn);
+extern void DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch);
+extern void DbpoolStatsConnError(WorkerConn *conn, const char *message);
+extern void DbpoolStatsConnClosed(WorkerConn *conn);
+extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at,
+							 int64 us, int64 rows, const char *sqlstate);
 
 /* cancel.c */
 extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);
