@@ -60,10 +60,10 @@ SELECT (r->'60s'->>'error_rate')::float8 = 0.2 AS rate_60s,
   FROM (SELECT dbpool_detailed_metrics('m')->'rates' AS r) s;
 
 -- query_timeout_ms and a local statement_timeout (a cancel, once the worker has seen it)
-SELECT dbpool_alter_pool('m', '{"query_timeout_ms": 200}');
+SELECT dbpool_alter_pool('m', '{"query_timeout_ms": 100}');
 SELECT dbpool_exec('m', 'SELECT pg_sleep(2)');
 SELECT dbpool_alter_pool('m', '{"query_timeout_ms": 0}');
-SET statement_timeout = 200;
+SET statement_timeout = 100;
 SELECT dbpool_exec('m', 'SELECT pg_sleep(2)');
 RESET statement_timeout;
 SELECT * FROM dbpool_query('m', 'SELECT 1') AS t(v int);
@@ -120,6 +120,8 @@ SELECT bool_or(last_query = 'SELECT pg_sleep(0.5)::text AS mine') AS sees_own,
        bool_and(last_query IN ('SELECT pg_sleep(0.5)::text AS mine', '<insufficient privilege>'))
          AS others_hidden
   FROM dbpool_connections WHERE pool = 'm' AND last_query IS NOT NULL;
+-- an error message goes with the role whose request failed, not with the connection's last user
+SELECT DISTINCT last_error FROM dbpool_connections WHERE pool = 'm' AND last_error IS NOT NULL;
 SELECT err($$SELECT dbpool_reset_stats('m')$$);
 RESET ROLE;
 SET ROLE regress_stat_reader;

@@ -122,6 +122,7 @@ DbpoolWaitForCounter(pg_atomic_uint64 *counter, uint64 target, int timeout_ms)
 			return false;
 		backend_wait(2);
 	}
+	pg_read_barrier();			/* what the worker did before moving it */
 	return true;
 }
 
@@ -344,7 +345,7 @@ static void
 drop_request(WorkerChannel *ch)
 {
 	if (ch->state != REQ_NONE)
-		DbpoolStatsRequestEnd(ch, ch->conn, NULL, NULL, true);	/* unless answered */
+		DbpoolStatsRequestEnd(ch, ch->conn, NULL, NULL, true, -1);	/* unless answered */
 	if (ch->state == REQ_WAITING)
 		DbpoolPoolForget(ch);
 	else if (ch->state == REQ_RUNNING && ch->conn)

@@ -165,7 +165,7 @@ DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const char *messag
 
 	if (ch == NULL)
 		return;
-	DbpoolStatsRequestEnd(ch, conn, sqlstate, message, false);
+	DbpoolStatsRequestEnd(ch, conn, sqlstate, message, false, -1);
 	conn->ch = NULL;
 	ch->conn = NULL;
 	DbpoolChannelError(ch, sqlstate, message, detail, hint);
@@ -432,12 +432,12 @@ request_done(WorkerConn *conn)
 			char		state[6];
 			const char *msg = record_error(&conn->error, state);
 
-			DbpoolStatsRequestEnd(ch, conn, state, msg, false);
+			DbpoolStatsRequestEnd(ch, conn, state, msg, false, -1);
 			DbpoolChannelAddRecord(ch, &conn->error);
 		}
 		else
 		{
-			DbpoolStatsRequestEnd(ch, conn, NULL, NULL, false);
+			DbpoolStatsRequestEnd(ch, conn, NULL, NULL, false, -1);
 			DbpoolChannelAddComplete(ch, conn->status);
 		}
 		conn->ch = NULL;
@@ -503,7 +503,7 @@ abort_copy(WorkerConn *conn)
 
 	if (ch)
 	{
-		DbpoolStatsRequestEnd(ch, conn, "0A000", "COPY is not supported by dbpool", false);
+		DbpoolStatsRequestEnd(ch, conn, "0A000", "COPY is not supported by dbpool", false, -1);
 		conn->ch = NULL;
 		ch->conn = NULL;
 		DbpoolChannelAddRecord(ch, &conn->error);
@@ -852,10 +852,12 @@ DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
 		case CONN_ACTIVE:
 			if (conn->ch)
 			{
-				DbpoolStatsCount(pool, DBPOOL_C_QUERY_TIMEOUTS);
-				DbpoolConnFailRequest(conn, "57014",
-									  psprintf("canceling query on pool \"%s\" due to query_timeout_ms",
-											   pool->name),
+				char	   *msg = psprintf("canceling query on pool \"%s\" due to query_timeout_ms",
+										   pool->name);
+
+				DbpoolStatsRequestEnd(conn->ch, conn, "57014", msg, false,
+									  DBPOOL_C_QUERY_TIMEOUTS);
+				DbpoolConnFailRequest(conn, "57014", msg,
 									  psprintf("The query ran longer than %d ms.",
 											   pool->settings.query_timeout_ms),
 									  NULL);

@@ -188,7 +188,7 @@ json_connections(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, in
 		appendStringInfoString(buf, ",\"last_error\":");
 		if (e->last_error[0] == '\0')
 			appendStringInfoString(buf, "null");
-		else if (may_see)
+		else if (DbpoolMaySeeText(e->last_error_role))
 			json_text(buf, e->last_error);
 		else
 			escape_json(buf, "<insufficient privilege>");

@@ -138,12 +138,12 @@ DbpoolPoolForget(WorkerChannel *ch)
 	DbpoolPoolPublish(pool);
 }
 
-/* Answer a waiting request with an error. */
+/* Answer a waiting request with an error (also: a counter for it, or -1). */
 static void
 fail_waiter(WorkerChannel *ch, const char *sqlstate, const char *message,
-			const char *detail, const char *hint)
+			const char *detail, const char *hint, int also)
 {
-	DbpoolStatsRequestEnd(ch, NULL, sqlstate, message, false);
+	DbpoolStatsRequestEnd(ch, NULL, sqlstate, message, false, also);
 	DbpoolPoolForget(ch);
 	DbpoolChannelError(ch, sqlstate, message, detail, hint);
 }
@@ -252,7 +252,7 @@ DbpoolPoolConnFailed(WorkerPool *pool, const char *sqlstate, const char *message
 	{
 		while (!dlist_is_empty(&pool->waiters))
 			fail_waiter(dlist_container(WorkerChannel, wait_node, dlist_head_node(&pool->waiters)),
-						sqlstate, message, detail, hint);
+						sqlstate, message, detail, hint, -1);
 	}
 	DbpoolPoolPublish(pool);
 }
@@ -348,7 +348,6 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 			DbpoolWorkerDeadline(ch->acquire_deadline);
 			continue;
 		}
-		DbpoolStatsCount(pool, DBPOOL_C_ACQUIRE_TIMEOUTS);
 		fail_waiter(ch, "53300",
 					psprintf("could not acquire a connection from pool \"%s\" within %d ms",
 							 pool->name, pool->settings.acquire_timeout_ms),
@@ -357,7 +356,8 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 							 DbpoolMaxConnections, pool->nconns, pool->settings.max_size, pool->nwaiting) :
 					psprintf("%d of max_size %d connections are busy and %d requests are waiting.",
 							 active, pool->settings.max_size, pool->nwaiting),
-					"Raise max_size or acquire_timeout_ms with dbpool_alter_pool(), or lower the load on the pool.");
+					"Raise max_size or acquire_timeout_ms with dbpool_alter_pool(), or lower the load on the pool.",
+					DBPOOL_C_ACQUIRE_TIMEOUTS);
 	}
 
 	dlist_foreach_modify(it, &pool->conns)
@@ -555,7 +555,7 @@ start_drop(WorkerPool *pool)
 	DbpoolWorkerDeadline(pool->drop_deadline);
 	while (!dlist_is_empty(&pool->waiters))
 		fail_waiter(dlist_container(WorkerChannel, wait_node, dlist_head_node(&pool->waiters)),
-					"42704", psprintf("pool \"%s\" was dropped", pool->name), NULL, NULL);
+					"42704", psprintf("pool \"%s\" was dropped", pool->name), NULL, NULL, -1);
 	dlist_foreach_modify(it, &pool->conns)
 	{
 		WorkerConn *conn = dlist_container(WorkerConn, pool_node, it.cur);

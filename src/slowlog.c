@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "mb/pg_wchar.h"
+#include "utils/memutils.h"
 
 #include "dbpool.h"
 #include "stats.h"
@@ -47,8 +48,7 @@ DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at, int6
 	if (len >= (int) textlen)
 		len = pg_encoding_mbcliplen(PG_UTF8, ch->sql, len, textlen - 1);
 
-	pg_atomic_write_u32(&e->changecount, pg_atomic_read_u32(&e->changecount) + 1);
-	pg_write_barrier();
+	DbpoolBeginWrite(&e->changecount);
 	e->seq = seq;
 	e->pool_id = pool->pool_id;
 	strlcpy(e->pool, pool->name, sizeof(e->pool));
@@ -61,8 +61,7 @@ DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at, int6
 	strlcpy(e->sqlstate, sqlstate ? sqlstate : "", sizeof(e->sqlstate));
 	memcpy(e->query, ch->sql, len);
 	e->query[len] = '\0';
-	pg_write_barrier();
-	pg_atomic_write_u32(&e->changecount, pg_atomic_read_u32(&e->changecount) + 1);
+	DbpoolEndWrite(&e->changecount);
 	pg_atomic_write_u64(&log->next, seq + 1);
 }
 
@@ -81,7 +80,7 @@ DbpoolSlowSnapshot(DbpoolSlowEntry **entries)
 		return 0;
 	next = pg_atomic_read_u64(&log->next);
 	pg_read_barrier();
-	buf = palloc(log->stride * log->size);
+	buf = MemoryContextAllocHuge(CurrentMemoryContext, log->stride * log->size);
 	for (seq = next > (uint64) log->size ? next - log->size : 0; seq < next; seq++)
 	{
 		DbpoolSlowEntry *e = DbpoolSlowEntryAt(seq);

@@ -217,33 +217,6 @@ DbpoolConnEntryAt(int i)
 
 /* ---------- the change counts ---------- */
 
-/* Worker: start changing a block (the count becomes odd). */
-static inline void
-begin_write(pg_atomic_uint32 *cc)
-{
-	pg_atomic_write_u32(cc, pg_atomic_read_u32(cc) + 1);
-	pg_write_barrier();
-}
-
-/* Worker: done changing a block (the count becomes even). */
-static inline void
-end_write(pg_atomic_uint32 *cc)
-{
-	pg_write_barrier();
-	pg_atomic_write_u32(cc, pg_atomic_read_u32(cc) + 1);
-}
-
-/*
- * Worker: make a block's count odd whatever it was (a previous worker may
- * have died between begin and end), for a write that re-initializes it.
- */
-static inline void
-begin_init(pg_atomic_uint32 *cc)
-{
-	pg_atomic_write_u32(cc, pg_atomic_read_u32(cc) | 1);
-	pg_write_barrier();
-}
-
 /* Reader: copy len bytes at src, guarded by cc, until the copy is consistent. */
 void
 DbpoolReadConsistent(pg_atomic_uint32 *cc, void *dst, const void *src, Size len)
@@ -299,13 +272,13 @@ DbpoolStatsPoolCreated(WorkerPool *pool)
 {
 	DbpoolPoolStats *s = pool_stats(pool);
 
-	begin_init(&s->changecount);
+	DbpoolBeginWrite(&s->changecount);
 	s->pool_id = pool->pool_id;
 	s->total = s->active = s->idle = s->connecting = s->waiting = 0;
 	s->oldest_wait_since = 0;
 	pg_atomic_write_u32(&s->reset_pending, 0);
 	zero_stats(s, GetCurrentTimestamp());
-	end_write(&s->changecount);
+	DbpoolEndWrite(&s->changecount);
 }
 
 /* Publish a pool's gauges. */
@@ -318,14 +291,14 @@ DbpoolStatsGauges(WorkerPool *pool)
 	if (!dlist_is_empty(&pool->waiters))
 		oldest = dlist_container(WorkerChannel, wait_node,
 								 dlist_head_node(&pool->waiters))->enqueued_at;
-	begin_write(&s->changecount);
+	DbpoolBeginWrite(&s->changecount);
 	s->total = pool->nconns;
 	s->idle = pool->nidle;
 	s->connecting = pool->nconnecting;
 	s->active = pool->nconns - pool->nidle - pool->nconnecting;
 	s->waiting = pool->nwaiting;
 	s->oldest_wait_since = oldest;
-	end_write(&s->changecount);
+	DbpoolEndWrite(&s->changecount);
 }
 
 /* Count one event of a pool (connections created, failed, closed by reason). */
@@ -334,9 +307,9 @@ DbpoolStatsCount(WorkerPool *pool, DbpoolCounter c)
 {
 	DbpoolPoolStats *s = pool_stats(pool);
 
-	begin_write(&s->changecount);
+	DbpoolBeginWrite(&s->changecount);
 	s->counters[c]++;
-	end_write(&s->changecount);
+	DbpoolEndWrite(&s->changecount);
 }
 
 /* The pool's window slot for time now, emptied if it held an older slot; inside a write. */
@@ -377,21 +350,22 @@ DbpoolStatsAcquired(WorkerChannel *ch)
 	int64		us = ch->enqueued_at ? Max(ch->started_at - ch->enqueued_at, 0) : 0;
 	int			b = DbpoolHistBucket(us);
 
-	begin_write(&s->changecount);
+	DbpoolBeginWrite(&s->changecount);
 	s->acquire.count[b]++;
 	s->acquire.sum_us += us;
 	window_slot(s, ch->started_at)->acquire[b]++;
-	end_write(&s->changecount);
+	DbpoolEndWrite(&s->changecount);
 }
 
 /*
  * A request of ch->pool ended: answered (sqlstate NULL for success) or, with
  * cancelled, abandoned by its session.  conn is the connection that ran it,
- * if any.  Counts it, times it and logs it if slow.
+ * if any; also is a counter to bump in the same write (a timeout), or -1.
+ * Counts it, times it and logs it if slow; later calls for it do nothing.
  */
 void
 DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
-					  const char *message, bool cancelled)
+					  const char *message, bool cancelled, int also)
 {
 	WorkerPool *pool = ch->pool;
 	DbpoolPoolStats *s;
@@ -413,7 +387,7 @@ DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
 			us > (int64) pool->settings.slow_query_ms * 1000;
 	}
 
-	begin_write(&s->changecount);
+	DbpoolBeginWrite(&s->changecount);
 	s->counters[DBPOOL_C_QUERIES]++;
 	if (cancelled)
 		s->counters[DBPOOL_C_CANCELS]++;
@@ -421,6 +395,8 @@ DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
 		s->counters[DBPOOL_C_ERRORS]++;
 	if (slow)
 		s->counters[DBPOOL_C_SLOW]++;
+	if (also >= 0)
+		s->counters[also]++;
 	s->counters[DBPOOL_C_ROWS] += rows;
 	if (ch->started_at)
 	{
@@ -434,12 +410,12 @@ DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
 	r->queries++;
 	if (sqlstate && !cancelled)
 		r->errors++;
-	end_write(&s->changecount);
+	DbpoolEndWrite(&s->changecount);
 
 	if (slow)
 		DbpoolSlowLogAdd(pool, ch, now, us, rows, cancelled ? "57014" : sqlstate);
 	if (conn && message)
-		DbpoolStatsConnError(conn, message);
+		DbpoolStatsConnError(conn, message, ch->user);
 }
 
 /* Apply the resets dbpool_reset_stats() asked for. */
@@ -459,10 +435,11 @@ DbpoolStatsApplyResets(void)
 
 		if (pg_atomic_exchange_u32(&s->reset_pending, 0) == 0)
 			continue;
-		begin_write(&s->changecount);
+		DbpoolBeginWrite(&s->changecount);
 		zero_stats(s, now);
-		end_write(&s->changecount);
+		DbpoolEndWrite(&s->changecount);
 	}
+	pg_write_barrier();			/* the zeroes before the news */
 	pg_atomic_write_u64(&DbpoolShmem->reset_applied, target);
 }
 
@@ -480,9 +457,9 @@ DbpoolStatsConnInit(void)
 	{
 		DbpoolConnEntry *e = DbpoolConnEntryAt(i);
 
-		begin_init(&e->changecount);
+		DbpoolBeginWrite(&e->changecount);
 		e->in_use = false;
-		end_write(&e->changecount);
+		DbpoolEndWrite(&e->changecount);
 		free_entries[nfree_entries++] = i;
 	}
 }
@@ -499,7 +476,7 @@ DbpoolStatsConnOpened(WorkerConn *conn)
 		return;
 	conn->entry = free_entries[--nfree_entries];
 	e = DbpoolConnEntryAt(conn->entry);
-	begin_write(&e->changecount);
+	DbpoolBeginWrite(&e->changecount);
 	e->in_use = true;
 	e->pool_slot = conn->pool->slot;
 	e->pool_id = conn->pool->pool_id;
@@ -511,10 +488,10 @@ DbpoolStatsConnOpened(WorkerConn *conn)
 	e->state_since = conn->state_since;
 	e->active_us = 0;
 	e->queries_served = 0;
-	e->last_role = InvalidOid;
+	e->last_role = e->last_error_role = InvalidOid;
 	e->last_error[0] = '\0';
 	e->last_query[0] = '\0';
-	end_write(&e->changecount);
+	DbpoolEndWrite(&e->changecount);
 }
 
 /* The state a connection shows. */
@@ -544,14 +521,14 @@ DbpoolStatsConnUpdate(WorkerConn *conn)
 	if (conn->entry < 0)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
-	begin_write(&e->changecount);
+	DbpoolBeginWrite(&e->changecount);
 	e->state = shown_state(conn);
 	e->state_since = conn->state_since;
 	e->client_pid = conn->ch ? conn->ch->backend_pid : 0;
 	e->remote_pid = conn->remote_pid;
 	e->active_us = conn->active_us;
 	e->queries_served = conn->requests_served;
-	end_write(&e->changecount);
+	DbpoolEndWrite(&e->changecount);
 }
 
 /* Copy at most size - 1 bytes of UTF8 text, cut at a character boundary. */
@@ -575,28 +552,29 @@ DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch)
 	if (conn->entry < 0)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
-	begin_write(&e->changecount);
+	DbpoolBeginWrite(&e->changecount);
 	copy_text(e->last_query, ch->sql, DbpoolQueryTextLen());
 	e->last_role = ch->user;
 	e->state = DBPOOL_CONN_ACTIVE;
 	e->state_since = conn->state_since;
 	e->client_pid = ch->backend_pid;
 	e->queries_served = conn->requests_served;
-	end_write(&e->changecount);
+	DbpoolEndWrite(&e->changecount);
 }
 
-/* Note the last error a connection met. */
+/* Note the last error a connection's request of role was answered with. */
 void
-DbpoolStatsConnError(WorkerConn *conn, const char *message)
+DbpoolStatsConnError(WorkerConn *conn, const char *message, Oid role)
 {
 	DbpoolConnEntry *e;
 
 	if (conn->entry < 0)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
-	begin_write(&e->changecount);
+	DbpoolBeginWrite(&e->changecount);
 	copy_text(e->last_error, message, sizeof(e->last_error));
-	end_write(&e->changecount);
+	e->last_error_role = role;
+	DbpoolEndWrite(&e->changecount);
 }
 
 /* A connection is closed: free its entry. */
@@ -608,9 +586,9 @@ DbpoolStatsConnClosed(WorkerConn *conn)
 	if (conn->entry < 0)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
-	begin_write(&e->changecount);
+	DbpoolBeginWrite(&e->changecount);
 	e->in_use = false;
-	end_write(&e->changecount);
+	DbpoolEndWrite(&e->changecount);
 	free_entries[nfree_entries++] = conn->entry;
 	conn->entry = -1;
 }
@@ -632,7 +610,7 @@ int
 DbpoolConnSnapshot(DbpoolConnEntry **entries)
 {
 	Size		stride = DbpoolShmem->conn_entry_stride;
-	char	   *buf = palloc(stride * DbpoolMaxConnections);
+	char	   *buf = MemoryContextAllocHuge(CurrentMemoryContext, stride * DbpoolMaxConnections);
 	int			n = 0;
 	int			i;
 

@@ -137,6 +137,7 @@ typedef struct DbpoolConnEntry
 	int64		active_us;		/* time spent serving earlier requests */
 	uint64		queries_served;
 	Oid			last_role;		/* who ran last_query */
+	Oid			last_error_role;	/* whose request got last_error */
 	char		last_error[DBPOOL_LAST_ERROR_LEN];
 	char		last_query[FLEXIBLE_ARRAY_MEMBER];
 } DbpoolConnEntry;
@@ -172,6 +173,25 @@ extern void DbpoolStatsShmemInit(char *base, bool found);
 extern DbpoolConnEntry *DbpoolConnEntryAt(int i);
 extern DbpoolSlowEntry *DbpoolSlowEntryAt(uint64 seq);
 extern Size DbpoolQueryTextLen(void);
+
+/*
+ * The worker's writes: the count becomes odd (whatever it was: a previous
+ * worker may have died between begin and end), then even again.
+ */
+static inline void
+DbpoolBeginWrite(pg_atomic_uint32 *cc)
+{
+	pg_atomic_write_u32(cc, pg_atomic_read_u32(cc) | 1);
+	pg_write_barrier();
+}
+
+/* The worker's write is complete: the count becomes even. */
+static inline void
+DbpoolEndWrite(pg_atomic_uint32 *cc)
+{
+	pg_write_barrier();
+	pg_atomic_write_u32(cc, pg_atomic_read_u32(cc) + 1);
+}
 
 /* consistent copies for readers (stats.c, slowlog.c) */
 extern void DbpoolReadConsistent(pg_atomic_uint32 *cc, void *dst, const void *src, Size len);

@@ -294,7 +294,7 @@ dbpool_connections(PG_FUNCTION_ARGS)
 		if (e->last_error[0] == '\0')
 			nulls[c] = true;
 		else
-			values[c] = may_see ? DbpoolUtf8TextDatum(e->last_error) :
+			values[c] = DbpoolMaySeeText(e->last_error_role) ? DbpoolUtf8TextDatum(e->last_error) :
 				CStringGetTextDatum(INSUFFICIENT_PRIVILEGE);
 		c++;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -270,12 +270,12 @@ extern void DbpoolStatsGauges(WorkerPool *pool);
 extern void DbpoolStatsCount(WorkerPool *pool, DbpoolCounter c);
 extern void DbpoolStatsAcquired(WorkerChannel *ch);
 extern void DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
-								  const char *message, bool cancelled);
+								  const char *message, bool cancelled, int also);
 extern void DbpoolStatsConnInit(void);
 extern void DbpoolStatsConnOpened(WorkerConn *conn);
 extern void DbpoolStatsConnUpdate(WorkerConn *conn);
 extern void DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch);
-extern void DbpoolStatsConnError(WorkerConn *conn, const char *message);
+extern void DbpoolStatsConnError(WorkerConn *conn, const char *message, Oid role);
 extern void DbpoolStatsConnClosed(WorkerConn *conn);
 extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at,
 							 int64 us, int64 rows, const char *sqlstate);
