@@ -184,14 +184,14 @@ json_connections(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, in
 		else if (may_see)
 			json_text(buf, e->last_query);
 		else
-			escape_json(buf, "<insufficient privilege>");
+			escape_json(buf, DBPOOL_INSUFFICIENT_PRIVILEGE);
 		appendStringInfoString(buf, ",\"last_error\":");
 		if (e->last_error[0] == '\0')
 			appendStringInfoString(buf, "null");
 		else if (DbpoolMaySeeText(e->last_error_role))
 			json_text(buf, e->last_error);
 		else
-			escape_json(buf, "<insufficient privilege>");
+			escape_json(buf, DBPOOL_INSUFFICIENT_PRIVILEGE);
 		appendStringInfoChar(buf, '}');
 	}
 	appendStringInfoChar(buf, ']');

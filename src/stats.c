@@ -512,6 +512,18 @@ shown_state(WorkerConn *conn)
 	return DBPOOL_CONN_CLOSING;
 }
 
+/* Copy a connection's state, client, remote pid and counts into its entry; inside a write. */
+static void
+fill_state(DbpoolConnEntry *e, WorkerConn *conn)
+{
+	e->state = shown_state(conn);
+	e->state_since = conn->state_since;
+	e->client_pid = conn->ch ? conn->ch->backend_pid : 0;
+	e->remote_pid = conn->remote_pid;
+	e->active_us = conn->active_us;
+	e->queries_served = conn->requests_served;
+}
+
 /* Publish a connection's state, client, remote pid and counts. */
 void
 DbpoolStatsConnUpdate(WorkerConn *conn)
@@ -522,12 +534,7 @@ DbpoolStatsConnUpdate(WorkerConn *conn)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
 	DbpoolBeginWrite(&e->changecount);
-	e->state = shown_state(conn);
-	e->state_since = conn->state_since;
-	e->client_pid = conn->ch ? conn->ch->backend_pid : 0;
-	e->remote_pid = conn->remote_pid;
-	e->active_us = conn->active_us;
-	e->queries_served = conn->requests_served;
+	fill_state(e, conn);
 	DbpoolEndWrite(&e->changecount);
 }
 
@@ -543,22 +550,20 @@ copy_text(char *dst, const char *src, Size size)
 	dst[len] = '\0';
 }
 
-/* A connection starts ch's request: note the text and who sent it. */
+/* A connection (now serving ch) starts ch's request: publish it with its text and role. */
 void
 DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch)
 {
 	DbpoolConnEntry *e;
 
+	Assert(conn->ch == ch);
 	if (conn->entry < 0)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
 	DbpoolBeginWrite(&e->changecount);
 	copy_text(e->last_query, ch->sql, DbpoolQueryTextLen());
 	e->last_role = ch->user;
-	e->state = DBPOOL_CONN_ACTIVE;
-	e->state_since = conn->state_since;
-	e->client_pid = ch->backend_pid;
-	e->queries_served = conn->requests_served;
+	fill_state(e, conn);
 	DbpoolEndWrite(&e->changecount);
 }
 

@@ -120,6 +120,7 @@ typedef enum DbpoolConnShownState
 } DbpoolConnShownState;
 
 #define DBPOOL_LAST_ERROR_LEN	256
+#define DBPOOL_INSUFFICIENT_PRIVILEGE "<insufficient privilege>"	/* shown instead of a text */
 
 /* One outbound connection; the last query text (track_activity_query_size bytes) follows. */
 typedef struct DbpoolConnEntry

@@ -27,8 +27,6 @@ PG_FUNCTION_INFO_V1(dbpool_connections);
 PG_FUNCTION_INFO_V1(dbpool_slow_queries);
 PG_FUNCTION_INFO_V1(dbpool_reset_stats);
 
-#define INSUFFICIENT_PRIVILEGE "<insufficient privilege>"
-
 /* A pool state's SQL name. */
 const char *
 DbpoolPoolStateName(DbpoolPoolState state)
@@ -289,13 +287,13 @@ dbpool_connections(PG_FUNCTION_ARGS)
 			nulls[c] = true;
 		else
 			values[c] = may_see ? DbpoolUtf8TextDatum(e->last_query) :
-				CStringGetTextDatum(INSUFFICIENT_PRIVILEGE);
+				CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
 		c++;
 		if (e->last_error[0] == '\0')
 			nulls[c] = true;
 		else
 			values[c] = DbpoolMaySeeText(e->last_error_role) ? DbpoolUtf8TextDatum(e->last_error) :
-				CStringGetTextDatum(INSUFFICIENT_PRIVILEGE);
+				CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
 		c++;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -390,7 +388,7 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 
 		values[c++] = CStringGetTextDatum(e->pool);
 		values[c++] = DbpoolMaySeeText(e->role) ? DbpoolUtf8TextDatum(e->query) :
-			CStringGetTextDatum(INSUFFICIENT_PRIVILEGE);
+			CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
 		values[c++] = Float8GetDatum(DbpoolRoundMs(e->duration_us / 1000.0));
 		values[c++] = TimestampTzGetDatum(e->started_at);
 		values[c++] = Int32GetDatum(e->client_pid);
