@@ -6,14 +6,22 @@ OBJS = \
 	src/dbpool.o \
 	src/shmem.o \
 	src/settings.o \
+	src/conninfo.o \
+	src/proto.o \
+	src/sync.o \
 	src/channel.o \
-	src/worker.o \
-	src/conn.o \
-	src/stmtcache.o \
-	src/pool.o \
-	src/cancel.o \
 	src/query.o \
 	src/admin.o \
+	src/worker.o \
+	src/config.o \
+	src/channel_worker.o \
+	src/pool.o \
+	src/janitor.o \
+	src/conn.o \
+	src/conn_query.o \
+	src/conn_reset.o \
+	src/stmtcache.o \
+	src/cancel.o \
 	src/stats.o \
 	src/slowlog.o \
 	src/views.o \
@@ -24,8 +32,10 @@ DATA = dbpool--1.0.sql
 PGFILEDESC = "dbpool - shared connection pools to foreign PostgreSQL databases"
 
 PG_CONFIG ?= pg_config
-PG_CPPFLAGS = -I$(shell $(PG_CONFIG) --includedir)
-SHLIB_LINK = -L$(shell $(PG_CONFIG) --libdir) -lpq -lpthread
+# libpq, as PGXS names it (contrib/dblink does the same); cancel.c's threads need pthread
+PG_CPPFLAGS = -I$(libpq_srcdir)
+SHLIB_LINK_INTERNAL = $(libpq)
+SHLIB_LINK = -lpthread
 
 # pg_regress: a throwaway instance with dbpool preloaded; the foreign side is another database
 # of the same server.  TAP (test/t) deletes tmp_check, so the regress instance lives elsewhere.
@@ -40,4 +50,4 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS tracks no header dependencies: a changed struct must rebuild every object.
-$(OBJS): src/dbpool.h src/worker.h src/stats.h
+$(OBJS): src/dbpool.h src/worker.h src/stats.h src/proto.h

@@ -1,13 +1,23 @@
 /*
  * dbpool.h
- *		Declarations shared by every part of dbpool: GUCs, the shared-memory
- *		layout, pool settings and the backend <-> worker record format.
+ *		Declarations shared by every part of dbpool: GUCs, limits, pool
+ *		settings, connection strings, the shared-memory layout, and the
+ *		backend's handshakes with the worker.  The record format is proto.h's,
+ *		the statistics stats.h's, the worker's private structures worker.h's.
  *
  * Who runs what:
- *	- client backends: query.c, admin.c, views.c and the backend half of
- *	  channel.c;
- *	- the dbpool worker: worker.c, pool.c, conn.c, cancel.c and the worker
- *	  half of channel.c (declared in worker.h).
+ *	- the postmaster, at load: dbpool.c (GUCs, hooks, worker registration)
+ *	  and shmem.c;
+ *	- client backends: query.c and channel.c (a query's backend half),
+ *	  sync.c (waits on the worker), admin.c (administration), views.c and
+ *	  detail.c (the SQL face of the statistics);
+ *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
+ *	  config.c (reading the configuration, reconciling), channel_worker.c,
+ *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
+ *	  (whose threads run libpq only), janitor.c, and the writing halves of
+ *	  stats.c and slowlog.c;
+ *	- both: settings.c, conninfo.c, proto.c, and the reading halves of
+ *	  stats.c and slowlog.c.
  */
 #ifndef DBPOOL_H
 #define DBPOOL_H
@@ -34,6 +44,7 @@
 #define DBPOOL_MAX_MESSAGE_BYTES (256 * 1024 * 1024)	/* a request or a row, at most */
 #define DBPOOL_PASSWORD_MASK	"********"
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
+#define DBPOOL_LOG_INTERVAL_MS	60000	/* repeated log lines: at most once a minute */
 
 /* GUCs (dbpool.c) */
 extern char *DbpoolDatabase;
@@ -87,8 +98,25 @@ extern int *DbpoolSettingInt(DbpoolSettings *s, const DbpoolSettingDesc *d);
 extern char *DbpoolSettingText(DbpoolSettings *s, const DbpoolSettingDesc *d);
 extern void DbpoolValidateSettings(const DbpoolSettings *s);
 extern void DbpoolValidateName(const char *name);
+
+/* ---------- connection strings (conninfo.c) ---------- */
+
+/* libpq's connection parameters for a pool, built from its conninfo (worker). */
+typedef struct DbpoolConnParams
+{
+	MemoryContext cxt;			/* holds the arrays; NULL until first built */
+	const char **keywords;		/* NULL if the conninfo does not parse */
+	const char **values;
+	int			connect_timeout_ms; /* enforced by the worker, never unbounded */
+} DbpoolConnParams;
+
+struct pg_conn;					/* libpq's PGconn */
+
 extern void DbpoolValidateConninfo(const char *conninfo, bool owner_is_superuser);
 extern char *DbpoolRedactConninfo(const char *conninfo);
+extern bool DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p,
+									  MemoryContext parent);
+extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_superuser);
 
 /* ---------- shared memory (shmem.c) ---------- */
 
@@ -138,7 +166,8 @@ typedef struct DbpoolChannel
 typedef struct DbpoolShared
 {
 	LWLock	   *lock;			/* protects the pool registry */
-	slock_t		mutex;			/* protects the worker_* fields */
+	slock_t		mutex;			/* protects worker_pid, worker_proc, worker_gen,
+								 * database_checked, last_wait_log */
 	pid_t		worker_pid;		/* 0 when no worker is serving */
 	PGPROC	   *worker_proc;
 	uint32		worker_gen;		/* bumped at every worker start */
@@ -172,56 +201,32 @@ extern shm_mq *DbpoolChannelRequestQueue(DbpoolChannel *ch);
 extern shm_mq *DbpoolChannelResponseQueue(DbpoolChannel *ch);
 extern Size DbpoolResponseQueueSize(void);
 extern void DbpoolChannelMarkPending(int index);
-extern void DbpoolWakeWorker(void);
-extern uint64 DbpoolRequestReconcile(void);
 extern void DbpoolRegistryChanged(void);
 extern DbpoolPoolSlot *DbpoolRegistryCopy(int *n);
 
-/* ---------- backend side (channel.c, query.c, admin.c) ---------- */
+/* ---------- module (dbpool.c) and administration (admin.c) ---------- */
 
 extern void DbpoolCheckLoaded(void);
 extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
+
+/* ---------- a backend's handshakes with the worker (sync.c) ---------- */
+
+extern pid_t DbpoolWorkerStatus(uint32 *gen, PGPROC **proc);
+extern void DbpoolBackendSleep(long ms);
+extern void DbpoolWakeWorker(void);
 extern void DbpoolWaitForWorker(void);
-extern void DbpoolWaitForReconcile(uint64 target);
 extern bool DbpoolWaitForCounter(pg_atomic_uint64 *counter, uint64 target, int timeout_ms);
-extern void DbpoolWaitForCommittedConfig(void);
+extern uint64 DbpoolRequestReconcile(void);
+extern void DbpoolWaitForReconcile(uint64 target);
 extern void DbpoolNoteCommittedConfig(uint64 target);
+extern void DbpoolWaitForCommittedConfig(void);
+
+/* ---------- the backend's half of the channel (channel.c) ---------- */
+
 extern uint32 DbpoolChannelOpen(void);
 extern void DbpoolChannelSend(const char *data, Size len);
 extern void DbpoolChannelReceive(const char **data, Size *len);
 extern void DbpoolChannelAbandon(void);
-
-/* ---------- request and response records ---------- */
-
-/*
- * A request is one shm_mq message:
- *	char kind ('Q' rows wanted, 'X' command status only)
- *	int32 pool slot, uint64 pool_id, Oid user
- *	int32 nparams (-1: no parameters, simple protocol, several statements)
- *	int32 sql length, sql bytes, '\0'
- *	nparams * (int32 length or -1 for NULL, bytes, '\0')
- * Text is UTF8.
- *
- * A response is a series of messages, each a series of records:
- *	'T' int32 natts						a result set starts
- *	'D' natts * (int32 len or -1, bytes)	one row
- *	'C' int32 len, bytes				final: command status of the last statement
- *	'E' 5-byte SQLSTATE, 4 * (int32 len, bytes): message, detail, hint, context
- *										final: an error
- */
-/* Append a native int32 to a request or response. */
-static inline void
-DbpoolPutInt32(StringInfo buf, int32 v)
-{
-	appendBinaryStringInfo(buf, (const char *) &v, 4);
-}
-
-#define DBPOOL_REQ_QUERY	'Q'
-#define DBPOOL_REQ_EXEC		'X'
-#define DBPOOL_REC_ROWDESC	'T'
-#define DBPOOL_REC_ROW		'D'
-#define DBPOOL_REC_COMPLETE	'C'
-#define DBPOOL_REC_ERROR	'E'
 
 #endif							/* DBPOOL_H */

@@ -24,6 +24,7 @@
 #include "utils/tuplestore.h"
 
 #include "dbpool.h"
+#include "proto.h"
 
 PG_FUNCTION_INFO_V1(dbpool_query);
 PG_FUNCTION_INFO_V1(dbpool_exec);
@@ -172,16 +173,14 @@ lookup_pool(const char *name, PoolRef *ref)
 	strlcpy(ref->name, name, sizeof(ref->name));
 }
 
-/* Append a string converted to UTF8, length-prefixed and NUL-terminated. */
+/* Append a request text converted to UTF8. */
 static void
 put_utf8(StringInfo buf, const char *s)
 {
 	int			len = strlen(s);
 	char	   *u = pg_server_to_any(s, len, PG_UTF8);
 
-	len = strlen(u);
-	DbpoolPutInt32(buf, len);
-	appendBinaryStringInfo(buf, u, len + 1);
+	DbpoolProtoPutString(buf, u, strlen(u));
 	if (u != s)
 		pfree(u);
 }
@@ -198,20 +197,13 @@ check_request_size(StringInfo buf)
 						   DBPOOL_MAX_MESSAGE_BYTES / (1024 * 1024))));
 }
 
-/* Build the request message (see dbpool.h). */
+/* Build the request message (see proto.h). */
 static void
 build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, ArrayType *params)
 {
-	Oid			user = GetUserId();
-	int32		slot = ref->slot;
-
-	appendStringInfoChar(buf, kind);
-	appendBinaryStringInfo(buf, (const char *) &slot, 4);
-	appendBinaryStringInfo(buf, (const char *) &ref->pool_id, 8);
-	appendBinaryStringInfo(buf, (const char *) &user, sizeof(Oid));
 	if (params == NULL)
 	{
-		DbpoolPutInt32(buf, -1);
+		DbpoolProtoRequestStart(buf, kind, ref->slot, ref->pool_id, GetUserId(), -1);
 		put_utf8(buf, sql);
 	}
 	else
@@ -231,12 +223,12 @@ build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, Ar
 					(errcode(ERRCODE_TOO_MANY_ARGUMENTS),
 					 errmsg("too many parameters: %d", n),
 					 errdetail("A query can have at most 65535 parameters.")));
-		DbpoolPutInt32(buf, n);
+		DbpoolProtoRequestStart(buf, kind, ref->slot, ref->pool_id, GetUserId(), n);
 		put_utf8(buf, sql);
 		for (i = 0; i < n; i++)
 		{
 			if (nulls[i])
-				DbpoolPutInt32(buf, -1);
+				DbpoolProtoPutString(buf, NULL, -1);
 			else
 				put_utf8(buf, TextDatumGetCString(elems[i]));
 			check_request_size(buf);
@@ -245,61 +237,31 @@ build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, Ar
 	check_request_size(buf);
 }
 
-/* Read a native int32 from a record; raise if the message is short. */
-static int32
-get_int32(const char **p, const char *end)
+/* The worker sent something this backend cannot read. */
+static void
+truncated(void)
 {
-	int32		v;
-
-	if (end - *p < 4)
-		elog(ERROR, "dbpool: truncated response from the worker");
-	memcpy(&v, *p, 4);
-	*p += 4;
-	return v;
+	elog(ERROR, "dbpool: truncated response from the worker");
 }
 
-/* Read a length-prefixed UTF8 string as server-encoded text. */
-static char *
-get_text(const char **p, const char *end)
-{
-	int32		len = get_int32(p, end);
-	char	   *s;
-
-	if (len < 0 || end - *p < len)
-		elog(ERROR, "dbpool: truncated response from the worker");
-	s = pnstrdup(*p, len);
-	*p += len;
-	return pg_any_to_server(s, len, PG_UTF8);
-}
-
-/* Raise the error an 'E' record carries, naming the pool. */
+/* Raise the error an 'E' record carries (after its type byte), naming the pool. */
 static void
 raise_error(const char **p, const char *end, const char *pool)
 {
-	char		state[5];
-	char	   *msg,
-			   *detail,
-			   *hint,
-			   *context;
+	DbpoolErrorFields e;
 
-	if (end - *p < 5)
-		elog(ERROR, "dbpool: truncated response from the worker");
-	memcpy(state, *p, 5);
-	*p += 5;
-	msg = get_text(p, end);
-	detail = get_text(p, end);
-	hint = get_text(p, end);
-	context = get_text(p, end);
+	if (!DbpoolProtoGetError(p, end, &e))
+		truncated();
 	ereport(ERROR,
-			(errcode(MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4])),
-			 errmsg_internal("%s", msg),
-			 detail[0] ? errdetail_internal("%s", detail) : 0,
-			 hint[0] ? errhint("%s", hint) : 0,
-			 context[0] ? errcontext("%s", context) : 0,
+			(errcode(e.sqlerrcode),
+			 errmsg_internal("%s", pg_any_to_server(e.message, strlen(e.message), PG_UTF8)),
+			 e.detail[0] ? errdetail_internal("%s", pg_any_to_server(e.detail, strlen(e.detail), PG_UTF8)) : 0,
+			 e.hint[0] ? errhint("%s", pg_any_to_server(e.hint, strlen(e.hint), PG_UTF8)) : 0,
+			 e.context[0] ? errcontext("%s", pg_any_to_server(e.context, strlen(e.context), PG_UTF8)) : 0,
 			 errcontext("dbpool pool \"%s\"", pool)));
 }
 
-/* Turn one 'D' record into a tuple of the caller's column list. */
+/* Turn one 'D' record (after its type byte) into a tuple of the caller's column list. */
 static void
 store_row(ResultSink *sink, const char **p, const char *end)
 {
@@ -313,16 +275,16 @@ store_row(ResultSink *sink, const char **p, const char *end)
 	nulls = palloc(sizeof(bool) * desc->natts);
 	for (i = 0; i < desc->natts; i++)
 	{
-		int32		len = get_int32(p, end);
+		const char *bytes;
+		int32		len;
 		char	   *str = NULL;
 
+		if (!DbpoolProtoGetText(p, end, &bytes, &len))
+			truncated();
 		if (len >= 0)
 		{
-			if (end - *p < len)
-				elog(ERROR, "dbpool: truncated response from the worker");
 			resetStringInfo(&sink->value);
-			appendBinaryStringInfo(&sink->value, *p, len);
-			*p += len;
+			appendBinaryStringInfo(&sink->value, bytes, len);
 			str = pg_any_to_server(sink->value.data, len, PG_UTF8);
 		}
 		values[i] = InputFunctionCall(&sink->attinmeta->attinfuncs[i], str,
@@ -379,7 +341,10 @@ receive_response(ResultSink *sink, const char *pool, volatile bool *finished)
 			{
 				case DBPOOL_REC_ROWDESC:
 					{
-						int32		natts = get_int32(&p, end);
+						int32		natts;
+
+						if (!DbpoolProtoGetInt32(&p, end, &natts))
+							truncated();
 
 						if (sink && natts != sink->desc->natts)
 							ereport(ERROR,
@@ -397,8 +362,15 @@ receive_response(ResultSink *sink, const char *pool, volatile bool *finished)
 						elog(ERROR, "dbpool: unexpected row from the worker");
 					break;
 				case DBPOOL_REC_COMPLETE:
-					*finished = true;
-					return get_text(&p, end);
+					{
+						const char *status;
+						int32		slen;
+
+						*finished = true;
+						if (!DbpoolProtoGetText(&p, end, &status, &slen) || slen < 0)
+							truncated();
+						return pg_any_to_server(pnstrdup(status, slen), slen, PG_UTF8);
+					}
 				case DBPOOL_REC_ERROR:
 					*finished = true;
 					raise_error(&p, end, pool);

@@ -1,6 +1,8 @@
 /*
  * shmem.c
- *		dbpool's shared memory: the pool registry and one channel per backend.
+ *		dbpool's shared memory: its size, layout and initialization, the pool
+ *		registry, and the addressing of each backend's channel and of the
+ *		pending bitmap.  The owner of the rules below.
  *
  * Layout (one ShmemInitStruct, "dbpool"):
  *	DbpoolShared, with dbpool.max_pools DbpoolPoolSlots
@@ -41,6 +43,9 @@
  *	  of a slot for as long as registry_gen is unchanged (query.c).
  *	- The pending bitmap is set by backends (fetch-or) and cleared by the
  *	  worker (exchange); a set bit says "look at this channel".
+ *	- reset_requested and reset_applied work as config_requested and
+ *	  config_applied, for dbpool_reset_stats (stats.c states the rest).
+ *	- next_pool_id and next_conn_id are the worker's alone.
  */
 #include "postgres.h"
 
@@ -184,19 +189,6 @@ DbpoolChannelMarkPending(int index)
 						   UINT64CONST(1) << (index % 64));
 }
 
-/* Set the worker's latch, if a worker is running. */
-void
-DbpoolWakeWorker(void)
-{
-	PGPROC	   *proc;
-
-	SpinLockAcquire(&DbpoolShmem->mutex);
-	proc = DbpoolShmem->worker_pid != 0 ? DbpoolShmem->worker_proc : NULL;
-	SpinLockRelease(&DbpoolShmem->mutex);
-	if (proc)
-		SetLatch(&proc->procLatch);
-}
-
 /* Worker: a lookup could now see something else in the registry. */
 void
 DbpoolRegistryChanged(void)
@@ -218,14 +210,4 @@ DbpoolRegistryCopy(int *n)
 			memcpy(&copy[(*n)++], &DbpoolShmem->pools[i], sizeof(DbpoolPoolSlot));
 	LWLockRelease(DbpoolShmem->lock);
 	return copy;
-}
-
-/* Ask the worker to re-read the configuration table; returns the request to wait for. */
-uint64
-DbpoolRequestReconcile(void)
-{
-	uint64		target = pg_atomic_add_fetch_u64(&DbpoolShmem->config_requested, 1);
-
-	DbpoolWakeWorker();
-	return target;
 }

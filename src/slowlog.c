@@ -44,9 +44,9 @@ DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at, int6
 		return;
 	seq = pg_atomic_read_u64(&log->next);
 	e = DbpoolSlowEntryAt(seq);
-	len = strlen(ch->sql);
+	len = strlen(ch->req.sql);
 	if (len >= (int) textlen)
-		len = pg_encoding_mbcliplen(PG_UTF8, ch->sql, len, textlen - 1);
+		len = pg_encoding_mbcliplen(PG_UTF8, ch->req.sql, len, textlen - 1);
 
 	DbpoolBeginWrite(&e->changecount);
 	e->seq = seq;
@@ -56,10 +56,10 @@ DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at, int6
 	e->ended_at = ended_at;
 	e->duration_us = us;
 	e->client_pid = ch->backend_pid;
-	e->role = ch->user;
+	e->role = ch->req.user;
 	e->rows = rows;
 	strlcpy(e->sqlstate, sqlstate ? sqlstate : "", sizeof(e->sqlstate));
-	memcpy(e->query, ch->sql, len);
+	memcpy(e->query, ch->req.sql, len);
 	e->query[len] = '\0';
 	DbpoolEndWrite(&e->changecount);
 	pg_atomic_write_u64(&log->next, seq + 1);

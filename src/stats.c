@@ -415,7 +415,7 @@ DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
 	if (slow)
 		DbpoolSlowLogAdd(pool, ch, now, us, rows, cancelled ? "57014" : sqlstate);
 	if (conn && message)
-		DbpoolStatsConnError(conn, message, ch->user);
+		DbpoolStatsConnError(conn, message, ch->req.user);
 }
 
 /* Apply the resets dbpool_reset_stats() asked for. */
@@ -561,8 +561,8 @@ DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
 	DbpoolBeginWrite(&e->changecount);
-	copy_text(e->last_query, ch->sql, DbpoolQueryTextLen());
-	e->last_role = ch->user;
+	copy_text(e->last_query, ch->req.sql, DbpoolQueryTextLen());
+	e->last_role = ch->req.user;
 	fill_state(e, conn);
 	DbpoolEndWrite(&e->changecount);
 }

@@ -20,8 +20,8 @@
  *	- a statement that the server no longer has (a caller's DEALLOCATE or
  *	  DISCARD ALL), whose result type changed (ALTER TABLE under a SELECT *),
  *	  or whose re-analysis with the parameter types fixed at PREPARE fails
- *	  (ALTER COLUMN TYPE) fails at Bind: conn.c then forgets it and runs the
- *	  request again unnamed;
+ *	  (ALTER COLUMN TYPE) fails at Bind (DbpoolStmtBindFailed): conn_query.c
+ *	  then forgets it and runs the request again unnamed;
  *	- a text whose PREPARE fails is never prepared again on that connection;
  *	- texts longer than DBPOOL_STMT_MAX_TEXT are not cached.
  *
@@ -150,6 +150,72 @@ DbpoolStmtLookup(StmtCache *cache, const char *sql, int nparams)
 	dlist_push_head(&cache->lru, &e->node);
 	cache->n++;
 	return e;
+}
+
+/*
+ * The cache entry a request should use, or NULL: a request without a
+ * parameters array runs through the simple protocol (nothing to prepare), and
+ * a pool whose reset_query drops statements after each call (allowed false)
+ * does not cache.
+ */
+StmtEntry *
+DbpoolStmtForRequest(StmtCache *cache, bool allowed, const char *sql, int nparams)
+{
+	if (nparams < 0 || !allowed)
+		return NULL;
+	return DbpoolStmtLookup(cache, sql, nparams);
+}
+
+/* Whether the request should PREPARE its entry first: the text's second use. */
+bool
+DbpoolStmtShouldPrepare(const StmtEntry *e)
+{
+	return e && !e->prepared && !e->failed && e->uses >= 2;
+}
+
+/*
+ * Whether an error says that the prepared statement e failed at Bind, before
+ * anything ran, so that the request may simply run again unnamed: the server
+ * no longer has it (*lost), its result type changed since it was prepared, or
+ * analyzing it again with the parameter types fixed at PREPARE failed.  Only
+ * errors raised at the top level (no context); the caller checks that no row
+ * came before.
+ */
+bool
+DbpoolStmtBindFailed(StmtCache *cache, StmtEntry *e, const PGresult *res, bool *lost)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *context = PQresultErrorField(res, PG_DIAG_CONTEXT);
+	const char *routine = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
+	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *file;
+
+	*lost = false;
+	if (e == NULL || !e->prepared || state == NULL || (context && context[0]))
+		return false;
+	if (strcmp(state, "26000") == 0 && msg)
+	{
+		char		name[32];
+		const char *hit;
+
+		DbpoolStmtName(cache, e, name, sizeof(name));
+		hit = strstr(msg, name);
+		*lost = hit != NULL && !isdigit((unsigned char) hit[strlen(name)]);
+		return *lost;
+	}
+	if (strcmp(state, "0A000") == 0 && routine && strcmp(routine, "RevalidateCachedQuery") == 0)
+		return true;
+
+	/*
+	 * Re-analysis at Bind against changed objects (ALTER COLUMN TYPE, a table
+	 * re-created with other column types) keeps the parameter types inferred
+	 * at PREPARE and can fail where the text, analyzed afresh, would not:
+	 * parser errors (class 42 from parse_*.c, analyze.c) at the top level.
+	 * The failed attempt ran in an implicit transaction that is now rolled back.
+	 */
+	file = PQresultErrorField(res, PG_DIAG_SOURCE_FILE);
+	return strncmp(state, "42", 2) == 0 && file &&
+		(strncmp(file, "parse_", 6) == 0 || strcmp(file, "analyze.c") == 0);
 }
 
 /* Give the entry a fresh statement name before it is prepared. */

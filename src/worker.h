@@ -13,6 +13,7 @@
 #include "nodes/pg_list.h"
 
 #include "dbpool.h"
+#include "proto.h"
 #include "stats.h"
 
 typedef struct WorkerConn WorkerConn;
@@ -66,13 +67,9 @@ typedef struct WorkerChannel
 
 	/* the current request */
 	RequestState state;
-	StringInfoData req;			/* private copy of the request message */
-	char		kind;
-	Oid			user;			/* the role that sent it */
-	int			nparams;		/* -1: simple protocol */
-	const char *sql;
-	const char **params;		/* nparams pointers into req */
-	int			params_alloc;
+	StringInfoData msg;			/* private copy of the request message */
+	DbpoolRequest req;			/* decoded; its texts point into msg */
+	int			params_alloc;	/* room in req.params */
 	WorkerPool *pool;
 	WorkerConn *conn;
 	dlist_node	wait_node;		/* in pool->waiters while REQ_WAITING */
@@ -139,7 +136,7 @@ struct WorkerConn
 	uint64		conn_id;
 	int32		remote_pid;
 	int64		active_us;		/* time spent serving earlier requests */
-	int64		rows;			/* rows retrieved or affected by the current request */			/* close instead of returning to the pool */
+	int64		rows;			/* rows retrieved or affected by the current request */
 
 	/* the request */
 	WorkerChannel *ch;			/* NULL once orphaned (client gone or answered) */
@@ -169,10 +166,7 @@ struct WorkerPool
 	DbpoolSettings settings;
 	char	   *conninfo;		/* with password: worker memory only */
 	uint32		conninfo_gen;
-	const char **keywords;		/* connection parameters built from conninfo; */
-	const char **values;		/* NULL if it does not parse */
-	MemoryContext params_cxt;	/* holds them */
-	int			connect_timeout_ms;
+	DbpoolConnParams params;	/* built from conninfo (conninfo.c) */
 	bool		owner_is_superuser;
 	bool		stmt_cache_allowed;	/* its reset_query keeps prepared statements */
 	bool		dropping;
@@ -197,28 +191,27 @@ struct WorkerPool
 extern MemoryContext DbpoolWorkerContext;
 extern dlist_head DbpoolWorkerPools;
 extern int	DbpoolWorkerTotalConns;
+extern bool DbpoolWorkerServeNeeded;
+extern bool DbpoolWorkerCapBlocked;
 extern void DbpoolWorkerSocketsChanged(void);
 extern void DbpoolWorkerBlocked(WorkerChannel *ch);
 extern void DbpoolWorkerDeadline(TimestampTz t);
-extern bool DbpoolWorkerServeNeeded;
-extern bool DbpoolWorkerCapBlocked;
+extern bool DbpoolWaitLogDue(void);
 
-/* channel.c, worker side */
+/* config.c */
+extern void DbpoolConfigMaybeReload(TimestampTz now);
+
+/* channel_worker.c */
 extern WorkerChannel *DbpoolWorkerChannels;
 extern void DbpoolWorkerChannelsInit(void);
 extern void DbpoolWorkerProcessPending(void);
 extern void DbpoolWorkerDetachAll(void);
 extern bool DbpoolChannelFlush(WorkerChannel *ch);
 extern void DbpoolChannelReply(WorkerChannel *ch);
-extern void DbpoolChannelAddRowDesc(WorkerChannel *ch, int natts);
-extern void DbpoolChannelAddRow(WorkerChannel *ch, const PGresult *res, int row);
 extern void DbpoolChannelAddComplete(WorkerChannel *ch, const char *status);
-extern void DbpoolChannelAddRecord(WorkerChannel *ch, const StringInfo rec);
+extern void DbpoolChannelAddFinal(WorkerChannel *ch, const StringInfo rec);
 extern void DbpoolChannelFinishRequest(WorkerChannel *ch);
-extern void DbpoolErrorRecord(StringInfo buf, const char *sqlstate, const char *message,
-							  const char *detail, const char *hint, const char *context);
-extern void DbpoolErrorRecordFromResult(StringInfo buf, const PGresult *res);
-extern void DbpoolChannelError(WorkerChannel *ch, const char *sqlstate, const char *message,
+extern void DbpoolChannelError(WorkerChannel *ch, int sqlerrcode, const char *message,
 							   const char *detail, const char *hint);
 
 /* pool.c */
@@ -226,34 +219,56 @@ extern WorkerPool *DbpoolPoolFind(const char *name);
 extern WorkerPool *DbpoolPoolBySlot(int slot, uint64 pool_id);
 extern void DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch);
 extern void DbpoolPoolForget(WorkerChannel *ch);
+extern void DbpoolPoolFailWaiter(WorkerChannel *ch, int sqlerrcode, int also,
+								 const char *message, const char *detail, const char *hint);
+extern void DbpoolPoolFailWaiters(WorkerPool *pool, int sqlerrcode, const char *message,
+								  const char *detail, const char *hint);
+extern void DbpoolPoolGrow(WorkerPool *pool);
+extern bool DbpoolConnShouldRetire(WorkerConn *conn, TimestampTz now, DbpoolCloseReason *reason);
 extern void DbpoolPoolRelease(WorkerConn *conn);
-extern void DbpoolPoolConnFailed(WorkerPool *pool, const char *sqlstate, const char *message,
+extern void DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *message,
 								 const char *detail, const char *hint);
 extern void DbpoolPoolConnClosed(WorkerPool *pool);
 extern void DbpoolPoolConnected(WorkerConn *conn);
-extern void DbpoolPoolTick(TimestampTz now);
 extern void DbpoolPoolServeAll(void);
 extern void DbpoolPoolPublish(WorkerPool *pool);
-extern void DbpoolPoolReconcile(List *configs);
 extern void DbpoolPoolCloseAll(void);
 
-/* conn.c */
+/* janitor.c */
+extern void DbpoolJanitorTick(TimestampTz now);
+
+/* conn.c: a connection's life */
 extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
-extern void DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch);
 extern void DbpoolConnSetState(WorkerConn *conn, ConnState state);
+extern char *DbpoolConnErrorText(WorkerConn *conn);
+extern bool DbpoolConnFlushSent(WorkerConn *conn, int ok);
+extern void DbpoolConnDrainNotifies(WorkerConn *conn);
 extern void DbpoolConnProcess(WorkerConn *conn);
-extern void DbpoolConnOrphan(WorkerConn *conn);
 extern void DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason);
 extern void DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now);
 extern uint32 DbpoolConnWantedEvents(WorkerConn *conn);
-extern bool DbpoolConnPollCancel(WorkerConn *conn);
+
+/* conn_query.c: one request on a connection */
+extern void DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch);
+extern void DbpoolConnProcessResults(WorkerConn *conn);
+extern void DbpoolConnOrphan(WorkerConn *conn);
+extern void DbpoolConnFailRequest(WorkerConn *conn, int sqlerrcode, int also,
+								  const char *message, const char *detail, const char *hint);
+
+/* conn_reset.c: cleanup between requests */
 extern int	DbpoolAwaitingCancels;
-extern void DbpoolConnFailRequest(WorkerConn *conn, const char *sqlstate, const char *message,
-								  const char *detail, const char *hint);
+extern void DbpoolConnResetStart(WorkerConn *conn, PGTransactionStatusType ts);
+extern void DbpoolConnResetStepDone(WorkerConn *conn);
+extern bool DbpoolConnPollCancel(WorkerConn *conn);
 
 /* stmtcache.c */
 extern void DbpoolStmtInit(StmtCache *cache);
 extern StmtEntry *DbpoolStmtLookup(StmtCache *cache, const char *sql, int nparams);
+extern StmtEntry *DbpoolStmtForRequest(StmtCache *cache, bool allowed, const char *sql,
+									   int nparams);
+extern bool DbpoolStmtShouldPrepare(const StmtEntry *e);
+extern bool DbpoolStmtBindFailed(StmtCache *cache, StmtEntry *e, const PGresult *res,
+								 bool *lost);
 extern void DbpoolStmtName(StmtCache *cache, StmtEntry *e, char *buf, size_t size);
 extern void DbpoolStmtEvict(StmtCache *cache, StmtEntry *e);
 extern bool DbpoolStmtCacheAllowed(const char *reset_query);
@@ -284,18 +299,5 @@ extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz en
 extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);
 extern bool DbpoolCancelDone(DbpoolCancel *c);
 extern void DbpoolCancelForget(DbpoolCancel *c);
-
-/* A pool's configuration as read from the table (worker.c -> pool.c). */
-typedef struct PoolConfig
-{
-	char		name[DBPOOL_NAME_LEN];
-	char	   *conninfo;
-	DbpoolSettings settings;
-	Oid			owner;
-	bool		owner_is_superuser;
-	TimestampTz created_at;
-	int			ngrantees;
-	Oid			grantees[DBPOOL_MAX_GRANTEES];
-} PoolConfig;
 
 #endif							/* DBPOOL_WORKER_H */

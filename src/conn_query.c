@@ -1,0 +1,417 @@
+/*
+ * conn_query.c
+ *		Running one request on a connection: send it (through the statement
+ *		cache's PREPARE step when it says so), stream its results into the
+ *		client's channel, finish it, or orphan it when the client is gone.
+ *
+ * Results stream in single-row mode; while the client's channel is full the
+ * socket is not read (DbpoolConnWantedEvents leaves it out of the wait set),
+ * so memory stays bounded whatever the result size.  When the last result
+ * is in, the client is answered and conn_reset.c cleans the connection for
+ * the next request.
+ *
+ * Nothing here raises an ERROR for a remote or client problem: errors are
+ * records sent to the one client concerned.
+ */
+#include "postgres.h"
+
+#include "utils/timestamp.h"
+
+#include "dbpool.h"
+#include "proto.h"
+#include "worker.h"
+
+#define ROWS_PER_FLUSH_BYTES 8192
+
+/*
+ * Answer the connection's client with an error (an ERRCODE_* value) and let
+ * go of it; also is a counter to bump with it (a timeout), or -1.
+ */
+void
+DbpoolConnFailRequest(WorkerConn *conn, int sqlerrcode, int also, const char *message,
+					  const char *detail, const char *hint)
+{
+	WorkerChannel *ch = conn->ch;
+
+	if (ch == NULL)
+		return;
+	DbpoolStatsRequestEnd(ch, conn, unpack_sql_state(sqlerrcode), message, false, also);
+	conn->ch = NULL;
+	ch->conn = NULL;
+	DbpoolChannelError(ch, sqlerrcode, message, detail, hint);
+}
+
+/* The connection broke while serving: answer the client and close. */
+static void
+conn_broken(WorkerConn *conn)
+{
+	DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
+						  psprintf("lost the connection to pool \"%s\"", conn->pool->name),
+						  DbpoolConnErrorText(conn), NULL);
+	DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
+}
+
+/*
+ * Send the request's query in single-row mode: bound to its prepared
+ * statement if there is one (and unnamed is false), else as an unnamed
+ * statement, or through the simple protocol when it has no parameters array.
+ */
+static bool
+send_query(WorkerConn *conn, WorkerChannel *ch, bool unnamed)
+{
+	const DbpoolRequest *req = &ch->req;
+	StmtEntry  *e = unnamed ? NULL : conn->stmt;
+	int			ok;
+
+	if (e && e->prepared)
+	{
+		char		name[32];
+
+		DbpoolStmtName(&conn->stmts, e, name, sizeof(name));
+		ok = PQsendQueryPrepared(conn->pg, name, req->nparams, req->params, NULL, NULL, 0);
+	}
+	else if (req->nparams < 0)
+		ok = PQsendQuery(conn->pg, req->sql);
+	else
+		ok = PQsendQueryParams(conn->pg, req->sql, req->nparams, NULL, req->params, NULL, NULL, 0);
+	if (!DbpoolConnFlushSent(conn, ok))
+		return false;
+	(void) PQsetSingleRowMode(conn->pg);
+	return true;
+}
+
+/* Run ch's request on this idle connection. */
+void
+DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
+{
+	WorkerPool *pool = conn->pool;
+	StmtEntry  *e;
+	bool		ok;
+
+	Assert(conn->state == CONN_IDLE);
+	conn->ch = ch;
+	ch->conn = conn;
+	ch->state = REQ_RUNNING;
+	conn->requests_served++;
+	conn->orphaned = false;
+	conn->result_started = false;
+	conn->status[0] = '\0';
+	conn->rows = 0;
+	conn->preparing = conn->stmt_retry = conn->stmt_lost = false;
+	resetStringInfo(&conn->error);
+	conn->state = CONN_ACTIVE;
+	conn->state_since = ch->started_at = GetCurrentTimestamp();
+	DbpoolStatsAcquired(ch);
+	DbpoolStatsConnQuery(conn, ch);
+	/* a lowered dbpool.statement_cache_size applies to every connection that serves */
+	DbpoolStmtTrim(&conn->stmts, Max(DbpoolStatementCacheSize, 0));
+	e = conn->stmt = DbpoolStmtForRequest(&conn->stmts, pool->stmt_cache_allowed,
+										  ch->req.sql, ch->req.nparams);
+	if (DbpoolStmtShouldPrepare(e))
+	{
+		char		name[32];
+
+		/* prepare it now, the query follows (prepare_done) */
+		DbpoolStmtName(&conn->stmts, e, name, sizeof(name));
+		conn->preparing = true;
+		ok = DbpoolConnFlushSent(conn, PQsendPrepare(conn->pg, name, ch->req.sql,
+													 ch->req.nparams, NULL));
+	}
+	else
+		ok = send_query(conn, ch, false);
+	if (!ok)
+	{
+		DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
+							  psprintf("could not send the query to pool \"%s\"", pool->name),
+							  DbpoolConnErrorText(conn), NULL);
+		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
+		return;
+	}
+	conn->deadline = pool->settings.query_timeout_ms > 0 ?
+		TimestampTzPlusMilliseconds(conn->state_since, pool->settings.query_timeout_ms) : 0;
+	DbpoolWorkerDeadline(conn->deadline);
+}
+
+/* Stop serving the client (gone or answered): cancel the remote query and drain it. */
+void
+DbpoolConnOrphan(WorkerConn *conn)
+{
+	if (conn->ch)
+		conn->ch->conn = NULL;
+	conn->ch = NULL;
+	if (conn->state != CONN_ACTIVE || conn->orphaned)
+		return;
+	conn->orphaned = true;
+	DbpoolStatsConnUpdate(conn);	/* closing: no client any more */
+	if (conn->cancel == NULL)
+		conn->cancel = DbpoolCancelStart(conn->pg);
+	if (conn->cancel == NULL)
+	{
+		conn->retire = true;	/* no cancel possible: close at the deadline */
+		conn->retire_reason = DBPOOL_CLOSE_ERROR;
+	}
+	conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												 conn->cancel ? DBPOOL_CANCEL_GRACE_MS : 0);
+	DbpoolWorkerDeadline(conn->deadline);
+}
+
+/* Answer the client with the error record in conn->error, and let go of it. */
+static void
+answer_error(WorkerConn *conn, WorkerChannel *ch)
+{
+	DbpoolErrorFields e;
+
+	DbpoolProtoErrorOf(&conn->error, &e);
+	DbpoolStatsRequestEnd(ch, conn, e.sqlstate, e.message, false, -1);
+	DbpoolChannelAddFinal(ch, &conn->error);
+	conn->ch = NULL;
+	ch->conn = NULL;
+}
+
+/* The request's last result is in: answer the client, then clean the connection. */
+static void
+request_done(WorkerConn *conn)
+{
+	WorkerChannel *ch = conn->ch;
+	PGTransactionStatusType ts = PQtransactionStatus(conn->pg);
+
+	if (conn->stmt_retry && ch && ts == PQTRANS_IDLE)
+	{
+		/* our prepared statement failed at Bind, before anything ran: again, unnamed */
+		if (conn->stmt_lost)
+			DbpoolStmtLost(&conn->stmts, conn->stmt);
+		else
+			DbpoolStmtEvict(&conn->stmts, conn->stmt);
+		conn->stmt = NULL;
+		conn->stmt_retry = conn->stmt_lost = false;
+		conn->status[0] = '\0';
+		resetStringInfo(&conn->error);
+		if (!send_query(conn, ch, true))
+			conn_broken(conn);
+		return;
+	}
+	if (ch)
+	{
+		if (conn->error.len == 0 && (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR))
+			DbpoolProtoPutError(&conn->error, ERRCODE_INVALID_TRANSACTION_STATE,
+								psprintf("the query left a transaction open on pool \"%s\"",
+										 conn->pool->name),
+								"dbpool rolled the remote transaction back: a connection goes back to the pool only outside a transaction.",
+								"End every transaction in the call that starts it, for example 'BEGIN; ...; COMMIT'.",
+								NULL);
+		if (conn->error.len > 0)
+			answer_error(conn, ch);
+		else
+		{
+			DbpoolStatsRequestEnd(ch, conn, NULL, NULL, false, -1);
+			DbpoolChannelAddComplete(ch, conn->status);
+			conn->ch = NULL;
+			ch->conn = NULL;
+		}
+	}
+	conn->deadline = 0;
+	DbpoolConnResetStart(conn, ts);
+
+	/*
+	 * Answer last: a waiting request got this connection above, so the
+	 * foreign server starts on it while we wake our client.
+	 */
+	if (ch)
+		DbpoolChannelReply(ch);
+}
+
+/* Answer the client with the recorded error and close: the protocol state is unusable (COPY). */
+static void
+abort_copy(WorkerConn *conn)
+{
+	WorkerChannel *ch = conn->ch;
+
+	if (ch)
+	{
+		answer_error(conn, ch);
+		DbpoolChannelReply(ch);
+	}
+	DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
+}
+
+/* The COPY error record, in conn->error. */
+static void
+copy_error(WorkerConn *conn)
+{
+	resetStringInfo(&conn->error);
+	DbpoolProtoPutError(&conn->error, ERRCODE_FEATURE_NOT_SUPPORTED,
+						"COPY is not supported by dbpool", NULL,
+						"Use INSERT and SELECT through dbpool_exec and dbpool_query.", NULL);
+}
+
+/* One result of a running request: forward rows, remember status and errors; false for COPY. */
+static bool
+handle_result(WorkerConn *conn, PGresult *res)
+{
+	WorkerChannel *ch = conn->ch;
+	bool		rows = ch && ch->req.kind == DBPOOL_REQ_QUERY;
+	int			i;
+
+	switch (PQresultStatus(res))
+	{
+		case PGRES_SINGLE_TUPLE:
+		case PGRES_TUPLES_OK:
+			if (rows && !conn->result_started)
+				DbpoolProtoPutRowDesc(&ch->out, PQnfields(res));
+			conn->result_started = true;
+			/* single-row mode: one row, or none in the TUPLES_OK that ends the set */
+			for (i = 0; rows && i < PQntuples(res); i++)
+			{
+				if (DbpoolProtoRowSize(res, i) > DBPOOL_MAX_MESSAGE_BYTES)
+				{
+					DbpoolConnFailRequest(conn, ERRCODE_PROGRAM_LIMIT_EXCEEDED, -1,
+										  psprintf("a row from pool \"%s\" is too large", conn->pool->name),
+										  psprintf("dbpool passes rows of at most %d MB.",
+												   DBPOOL_MAX_MESSAGE_BYTES / (1024 * 1024)),
+										  NULL);
+					DbpoolConnOrphan(conn);	/* cancel and drain the rest */
+					return true;
+				}
+				DbpoolProtoPutRow(&ch->out, res, i);
+			}
+			if (PQresultStatus(res) == PGRES_TUPLES_OK)
+			{
+				conn->rows += strtol(PQcmdTuples(res), NULL, 10);
+				conn->result_started = false;
+				strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+			}
+			if (ch && ch->out.len >= ROWS_PER_FLUSH_BYTES)
+				DbpoolChannelReply(ch);
+			return true;
+		case PGRES_COMMAND_OK:
+		case PGRES_EMPTY_QUERY:
+			conn->rows += strtol(PQcmdTuples(res), NULL, 10);
+			conn->result_started = false;
+			strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+			return true;
+		case PGRES_COPY_IN:
+		case PGRES_COPY_OUT:
+		case PGRES_COPY_BOTH:
+			copy_error(conn);
+			return false;
+		default:
+			if (conn->error.len == 0)
+			{
+				conn->stmt_retry = ch && !conn->result_started &&
+					DbpoolStmtBindFailed(&conn->stmts, conn->stmt, res, &conn->stmt_lost);
+				DbpoolProtoPutRemoteError(&conn->error, res);
+			}
+			return true;
+	}
+}
+
+/*
+ * The request's PREPARE ended: send the query itself (by name if the
+ * PREPARE worked, else unnamed; the query's own run reports any error).
+ * False if the connection left the request (orphaned, broken).
+ */
+static bool
+prepare_done(WorkerConn *conn)
+{
+	StmtEntry  *e = conn->stmt;
+
+	conn->preparing = false;
+	if (conn->error.len == 0)
+		e->prepared = true;
+	else if (conn->ch)
+		e->failed = true;
+	resetStringInfo(&conn->error);
+	if (conn->ch == NULL)
+	{
+		request_done(conn);		/* orphaned meanwhile: clean up */
+		return false;
+	}
+	if (!send_query(conn, conn->ch, false))
+	{
+		conn_broken(conn);
+		return false;
+	}
+	return true;
+}
+
+/* Read what the server sent for a request or a cleanup step, and act on it. */
+void
+DbpoolConnProcessResults(WorkerConn *conn)
+{
+	PGconn	   *pg = conn->pg;
+
+	if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
+		return;
+	if (conn->flushing && conn->writable)
+	{
+		int			r = PQflush(pg);
+
+		if (r < 0)
+		{
+			conn_broken(conn);
+			return;
+		}
+		conn->flushing = (r == 1);
+	}
+	if (conn->readable && !(conn->ch && conn->ch->blocked))
+	{
+		if (!PQconsumeInput(pg))
+		{
+			conn_broken(conn);
+			return;
+		}
+	}
+	conn->readable = conn->writable = false;
+	DbpoolConnDrainNotifies(conn);
+
+	for (;;)
+	{
+		PGresult   *res;
+		bool		ok = true;
+
+		if (conn->ch && conn->ch->blocked)
+			return;				/* resumed when the client reads */
+		if (PQisBusy(pg))
+		{
+			if (conn->ch && conn->ch->out.len > 0)
+				DbpoolChannelReply(conn->ch);
+			return;
+		}
+		res = PQgetResult(pg);
+		if (res == NULL)
+		{
+			if (conn->preparing)
+			{
+				if (prepare_done(conn))
+					continue;
+				return;
+			}
+			if (conn->state == CONN_ACTIVE)
+				request_done(conn);
+			else
+				DbpoolConnResetStepDone(conn);
+			return;
+		}
+		if (conn->preparing || conn->state != CONN_ACTIVE)
+		{
+			/* a PREPARE's or a cleanup step's result: only an error matters */
+			if (PQresultStatus(res) == PGRES_FATAL_ERROR && conn->error.len == 0)
+				DbpoolProtoPutRemoteError(&conn->error, res);
+			else if (!conn->preparing &&
+					 (PQresultStatus(res) == PGRES_COPY_IN || PQresultStatus(res) == PGRES_COPY_OUT ||
+					  PQresultStatus(res) == PGRES_COPY_BOTH))
+			{
+				copy_error(conn);
+				ok = false;
+			}
+		}
+		else
+			ok = handle_result(conn, res);
+		PQclear(res);
+		if (!ok)
+		{
+			abort_copy(conn);
+			return;
+		}
+	}
+}

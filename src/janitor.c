@@ -1,0 +1,160 @@
+/*
+ * janitor.c
+ *		The worker's periodic housekeeping, run for every pool when a deadline
+ *		is due and at least once a second: waiters past their acquire
+ *		deadline, each connection's idle and lifetime limits and its own
+ *		deadline, the drop grace of a dropped pool and freeing it, and keeping
+ *		min_size warm (with the backoff after failures).  Health probes, alert
+ *		evaluation and autoscaling hang their ticks here.
+ *
+ * Every deadline a phase sees in the future is registered with
+ * DbpoolWorkerDeadline, so the loop wakes for it.
+ */
+#include "postgres.h"
+
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "dbpool.h"
+#include "worker.h"
+
+/* Answer 53300 to the waiters whose acquire deadline has passed. */
+static void
+expire_waiters(WorkerPool *pool, TimestampTz now)
+{
+	dlist_mutable_iter it;
+	int			active = pool->nconns - pool->nidle - pool->nconnecting;
+
+	dlist_foreach_modify(it, &pool->waiters)
+	{
+		WorkerChannel *ch = dlist_container(WorkerChannel, wait_node, it.cur);
+
+		if (ch->acquire_deadline == 0)
+			continue;
+		if (now < ch->acquire_deadline)
+		{
+			DbpoolWorkerDeadline(ch->acquire_deadline);
+			continue;
+		}
+		DbpoolPoolFailWaiter(ch, ERRCODE_TOO_MANY_CONNECTIONS, DBPOOL_C_ACQUIRE_TIMEOUTS,
+							 psprintf("could not acquire a connection from pool \"%s\" within %d ms",
+									  pool->name, pool->settings.acquire_timeout_ms),
+							 DbpoolWorkerTotalConns >= DbpoolMaxConnections && pool->nconns < pool->settings.max_size ?
+							 psprintf("All dbpool.max_connections (%d) connections of all pools are in use; this pool has %d of max_size %d, and %d requests are waiting.",
+									  DbpoolMaxConnections, pool->nconns, pool->settings.max_size, pool->nwaiting) :
+							 psprintf("%d of max_size %d connections are busy and %d requests are waiting.",
+									  active, pool->settings.max_size, pool->nwaiting),
+							 "Raise max_size or acquire_timeout_ms with dbpool_alter_pool(), or lower the load on the pool.");
+	}
+}
+
+/* Close an idle connection that must retire, has outlived its lifetime unused, or idled too long. */
+static void
+check_idle(WorkerConn *conn, TimestampTz now)
+{
+	WorkerPool *pool = conn->pool;
+	bool		unused_expired = conn->requests_served == 0 &&
+		pool->settings.max_lifetime_ms > 0 &&
+		now >= TimestampTzPlusMilliseconds(conn->created_at, pool->settings.max_lifetime_ms);
+	bool		idle_expired = pool->settings.idle_timeout_ms > 0 &&
+		pool->nconns > pool->settings.min_size &&
+		now >= TimestampTzPlusMilliseconds(conn->state_since, pool->settings.idle_timeout_ms);
+	DbpoolCloseReason reason;
+
+	if (DbpoolConnShouldRetire(conn, now, &reason))
+		DbpoolConnClose(conn, reason);
+	else if (unused_expired)
+		DbpoolConnClose(conn, DBPOOL_CLOSE_LIFETIME);
+	else if (idle_expired)
+		DbpoolConnClose(conn, DBPOOL_CLOSE_IDLE);
+}
+
+/* Each connection: idle limits, the drop grace, or its own deadline. */
+static void
+check_connections(WorkerPool *pool, TimestampTz now)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &pool->conns)
+	{
+		WorkerConn *conn = dlist_container(WorkerConn, pool_node, it.cur);
+
+		if (conn->state == CONN_IDLE)
+			check_idle(conn, now);
+		else if (pool->dropping && conn->ch && now >= pool->drop_deadline)
+		{
+			DbpoolConnFailRequest(conn, ERRCODE_ADMIN_SHUTDOWN, -1,
+								  psprintf("pool \"%s\" was dropped while the query ran", pool->name),
+								  psprintf("Queries of a dropped pool may run for %d ms.",
+										   DBPOOL_DROP_GRACE_MS),
+								  NULL);
+			DbpoolConnOrphan(conn);
+		}
+		else
+			DbpoolConnCheckDeadline(conn, now);
+	}
+}
+
+/* Free a dropped pool whose connections are all gone: its registry slot is free again. */
+static void
+free_pool(WorkerPool *pool)
+{
+	DbpoolPoolSlot *slot = &DbpoolShmem->pools[pool->slot];
+
+	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
+	slot->in_use = false;
+	LWLockRelease(DbpoolShmem->lock);
+	DbpoolRegistryChanged();
+	dlist_delete(&pool->node);
+	if (pool->conninfo)
+		pfree(pool->conninfo);
+	if (pool->params.cxt)
+		MemoryContextDelete(pool->params.cxt);
+	pfree(pool);
+}
+
+/* Keep min_size warm; after a failure only once the backoff has passed, one attempt at a time. */
+static void
+refill_min_size(WorkerPool *pool, TimestampTz now)
+{
+	if (pool->nconns >= pool->settings.min_size)
+		return;
+	if (now < pool->next_connect_at)
+	{
+		DbpoolWorkerDeadline(pool->next_connect_at);
+		return;
+	}
+	while (pool->nconns < pool->settings.min_size &&
+		   DbpoolWorkerTotalConns < DbpoolMaxConnections &&
+		   (pool->nconnecting == 0 || !pool->unreachable) &&
+		   DbpoolConnOpen(pool) != NULL)
+		;
+}
+
+/* Housekeeping for one pool. */
+static void
+pool_tick(WorkerPool *pool, TimestampTz now)
+{
+	expire_waiters(pool, now);
+	check_connections(pool, now);
+	if (pool->dropping)
+	{
+		if (pool->nconns == 0)
+			free_pool(pool);
+		else
+			DbpoolWorkerDeadline(pool->drop_deadline);
+		return;
+	}
+	refill_min_size(pool, now);
+	DbpoolPoolPublish(pool);
+}
+
+/* Housekeeping for all pools. */
+void
+DbpoolJanitorTick(TimestampTz now)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &DbpoolWorkerPools)
+		pool_tick(dlist_container(WorkerPool, node, it.cur), now);
+}
