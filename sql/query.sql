@@ -81,7 +81,7 @@ SELECT dbpool_exec('regress', 'INSERT INTO t1 VALUES (300)');
 ROLLBACK;
 SELECT * FROM dbpool_query('regress', 'SELECT count(*) FROM t1 WHERE a = 300') AS t(n bigint);
 
--- remote sessions: fixed settings, application_name dbpool
+-- remote sessions: the foreign database's own settings (ISO output), application_name dbpool
 SELECT * FROM dbpool_query('regress', $$SELECT current_setting('datestyle'), current_setting('intervalstyle'),
     current_setting('extra_float_digits'), current_setting('client_encoding'), current_setting('application_name')$$)
   AS t(datestyle text, intervalstyle text, extra_float_digits text, client_encoding text, application_name text);

@@ -4,8 +4,9 @@
  *		connect poll and the password rule, the idle watch, the socket events
  *		it waits for, its deadlines, and close.
  *
- *	CONNECTING --PQconnectPoll ok--> IDLE --request--> ACTIVE (conn_query.c)
- *	  --results done--> CLEANUP (conn_reset.c) --> IDLE, or closed.
+ *	CONNECTING --PQconnectPoll ok--> (CLEANUP: set-up) --> IDLE --request-->
+ *	  ACTIVE (conn_query.c) --results done--> CLEANUP (conn_reset.c) --> IDLE,
+ *	  or closed.
  *
  * CONNECTING, CLEANUP and a cancelled ACTIVE have deadlines (connect_timeout,
  * DBPOOL_CANCEL_GRACE_MS), and ACTIVE has query_timeout_ms when set; past a
@@ -206,7 +207,10 @@ connect_poll(WorkerConn *conn)
 	conn->remote_pid = PQbackendPID(conn->pg);
 	DbpoolStatsCount(pool, DBPOOL_C_CONNS_CREATED);
 	DbpoolConnSetState(conn, CONN_IDLE);
-	DbpoolPoolConnected(conn);
+	DbpoolPoolConnected(pool);
+	/* ISO output, keeping the foreign field order; then to the pool */
+	DbpoolConnNoteStyles(conn);
+	DbpoolConnResetStart(conn, PQTRANS_IDLE);
 }
 
 /* An idle connection's socket is readable: the server closed it, or sent a notification. */

@@ -15,6 +15,8 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
+#include "storage/latch.h"
 #include "utils/timestamp.h"
 
 #include "dbpool.h"
@@ -153,6 +155,14 @@ DbpoolConnOrphan(WorkerConn *conn)
 	conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												 conn->cancel ? DBPOOL_CANCEL_GRACE_MS : 0);
 	DbpoolWorkerDeadline(conn->deadline);
+
+	/*
+	 * libpq may already hold the rest of the result (read while the client's
+	 * queue was full), and then no socket event will come to drain it: drive
+	 * the connection at the next loop iteration, without waiting.
+	 */
+	conn->readable = true;
+	SetLatch(MyLatch);
 }
 
 /* Answer the client with the error record in conn->error, and let go of it. */
@@ -257,7 +267,9 @@ handle_result(WorkerConn *conn, PGresult *res)
 		case PGRES_SINGLE_TUPLE:
 		case PGRES_TUPLES_OK:
 			if (rows && !conn->result_started)
-				DbpoolProtoPutRowDesc(&ch->out, PQnfields(res));
+				DbpoolProtoPutRowDesc(&ch->out, PQnfields(res),
+									  DbpoolConnReportedStyle(conn, "DateStyle"),
+									  DbpoolConnReportedStyle(conn, "IntervalStyle"));
 			conn->result_started = true;
 			/* single-row mode: one row, or none in the TUPLES_OK that ends the set */
 			for (i = 0; rows && i < PQntuples(res); i++)

@@ -1,10 +1,12 @@
 /*
  * conn_reset.c
  *		Cleaning a connection between requests, so that the next client finds
- *		it as a fresh one: roll back a transaction left open, set back the
- *		settings the text values depend on, DEALLOCATE statements that fell out
- *		of the statement cache, run the pool's reset_query, and wait for an
- *		in-flight cancel to land; then hand it back to its pool.
+ *		it as a fresh one: roll back a transaction left open, DEALLOCATE
+ *		statements that fell out of the statement cache, run the pool's
+ *		reset_query, set back the settings the connection keeps (DateStyle,
+ *		IntervalStyle, client_encoding), and wait for an in-flight cancel to
+ *		land; then hand it back to its pool.  A new connection goes through
+ *		the same steps once, to get ISO output (DbpoolConnNoteStyles).
  *
  * The steps run in the order of CleanupStep (worker.h), each a simple query
  * with a DBPOOL_CANCEL_GRACE_MS deadline; their results are read by
@@ -13,6 +15,7 @@
  */
 #include "postgres.h"
 
+#include "lib/stringinfo.h"
 #include "utils/timestamp.h"
 
 #include "dbpool.h"
@@ -60,28 +63,88 @@ DbpoolConnPollCancel(WorkerConn *conn)
 	return true;
 }
 
-/* Whether a caller changed a setting that the text values' meaning depends on. */
-static bool
-settings_drifted(PGconn *pg)
+/*
+ * A setting the server reported (DateStyle, IntervalStyle), if it is a
+ * plausible value: letters, digits, "_", "," and spaces, shorter than
+ * DBPOOL_STYLE_LEN.  NULL otherwise: a foreign server is untrusted, and these
+ * values are sent back to it and to the caller's session.
+ */
+const char *
+DbpoolConnReportedStyle(WorkerConn *conn, const char *name)
 {
-	const char *ds = PQparameterStatus(pg, "DateStyle");
-	const char *is = PQparameterStatus(pg, "IntervalStyle");
-	const char *ce = PQparameterStatus(pg, "client_encoding");
+	const char *v = PQparameterStatus(conn->pg, name);
+	const char *c;
 
-	return (ds && strncmp(ds, "ISO", 3) != 0) || (is && strcmp(is, "postgres") != 0) ||
+	if (v == NULL || strlen(v) >= DBPOOL_STYLE_LEN)
+		return NULL;
+	for (c = v; *c; c++)
+		if (!isalnum((unsigned char) *c) && *c != '_' && *c != ',' && *c != ' ')
+			return NULL;
+	return v;
+}
+
+/*
+ * A new connection: note the settings it keeps between requests.  DateStyle
+ * becomes ISO output with the foreign session's own field order (what the
+ * database, the role or the conninfo's options set), so that results are
+ * unambiguous and literals in the callers' SQL mean what they mean there;
+ * IntervalStyle stays the foreign one (the reader parses with it).
+ */
+void
+DbpoolConnNoteStyles(WorkerConn *conn)
+{
+	const char *ds = DbpoolConnReportedStyle(conn, "DateStyle");
+	const char *is = DbpoolConnReportedStyle(conn, "IntervalStyle");
+
+	conn->datestyle[0] = conn->intervalstyle[0] = '\0';
+	if (ds)
+	{
+		const char *order = strchr(ds, ',');
+
+		snprintf(conn->datestyle, sizeof(conn->datestyle), "ISO%s", order ? order : "");
+	}
+	if (is)
+		strlcpy(conn->intervalstyle, is, sizeof(conn->intervalstyle));
+}
+
+/* Whether the connection's DateStyle, IntervalStyle or client_encoding differ from what it keeps. */
+static bool
+settings_drifted(WorkerConn *conn)
+{
+	const char *ds = PQparameterStatus(conn->pg, "DateStyle");
+	const char *is = PQparameterStatus(conn->pg, "IntervalStyle");
+	const char *ce = PQparameterStatus(conn->pg, "client_encoding");
+
+	return (conn->datestyle[0] && (ds == NULL || strcmp(ds, conn->datestyle) != 0)) ||
+		(conn->intervalstyle[0] && (is == NULL || strcmp(is, conn->intervalstyle) != 0)) ||
 		(ce && strcmp(ce, "UTF8") != 0);
+}
+
+/* The SQL that sets back what the connection keeps (the values are checked characters). */
+static char *
+settings_sql(WorkerConn *conn)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	if (conn->datestyle[0])
+		appendStringInfo(&sql, "SET datestyle = '%s'; ", conn->datestyle);
+	if (conn->intervalstyle[0])
+		appendStringInfo(&sql, "SET intervalstyle = '%s'; ", conn->intervalstyle);
+	appendStringInfoString(&sql, "SET client_encoding = 'UTF8'");
+	return sql.data;
 }
 
 /* The cleanup step after step (CLEANUP_NONE: the request itself); CLEANUP_NONE when clean. */
 static CleanupStep
 next_step(WorkerConn *conn, CleanupStep step)
 {
-	if (step < CLEANUP_SETTINGS && settings_drifted(conn->pg))
-		return CLEANUP_SETTINGS;
 	if (step <= CLEANUP_DEALLOCATE && DbpoolStmtHasDeallocate(&conn->stmts))
 		return CLEANUP_DEALLOCATE;
 	if (step < CLEANUP_RESET && conn->pool->settings.reset_query[0] != '\0')
 		return CLEANUP_RESET;
+	if (step < CLEANUP_SETTINGS && settings_drifted(conn))
+		return CLEANUP_SETTINGS;
 	return CLEANUP_NONE;
 }
 
@@ -109,8 +172,7 @@ static void
 start_step(WorkerConn *conn, CleanupStep step)
 {
 	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" :
-		step == CLEANUP_SETTINGS ?
-		"SET datestyle = ISO; SET intervalstyle = postgres; SET client_encoding = 'UTF8'" :
+		step == CLEANUP_SETTINGS ? settings_sql(conn) :
 		step == CLEANUP_DEALLOCATE ? DbpoolStmtDeallocateSQL(&conn->stmts) :
 		conn->pool->settings.reset_query;
 	bool		ok;
@@ -119,7 +181,7 @@ start_step(WorkerConn *conn, CleanupStep step)
 	conn->cleanup_step = step;
 	resetStringInfo(&conn->error);
 	ok = DbpoolConnFlushSent(conn, PQsendQuery(conn->pg, sql));
-	if (step == CLEANUP_DEALLOCATE)
+	if (step == CLEANUP_DEALLOCATE || step == CLEANUP_SETTINGS)
 		pfree((char *) sql);
 	if (!ok)
 	{

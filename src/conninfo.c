@@ -132,7 +132,8 @@ DbpoolRedactConninfo(const char *conninfo)
 
 /*
  * Build libpq's keyword/value arrays into p: our defaults, the conninfo's
- * options, then what we force.  They live in p->cxt (made under parent on
+ * options, then what we force (client_encoding UTF8; nothing else, so the
+ * foreign database's and role's settings apply to the callers' SQL).  They live in p->cxt (made under parent on
  * first use, reset on every rebuild).  On a conninfo libpq cannot parse the
  * arrays are left NULL and false is returned: connection attempts then fail
  * with a clear error instead of reaching an old target.
@@ -151,8 +152,7 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	PQconninfoOption *o;
 	char	   *err = NULL;
 	int			n = 0,
-				max = lengthof(defaults) + 4;
-	const char *user_options = NULL;
+				max = lengthof(defaults) + 3;
 	int			connect_timeout = 10;
 	MemoryContext old;
 	int			i;
@@ -183,11 +183,6 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	{
 		if (o->val == NULL || strcmp(o->keyword, "client_encoding") == 0)
 			continue;
-		if (strcmp(o->keyword, "options") == 0)
-		{
-			user_options = o->val;
-			continue;
-		}
 		if (strcmp(o->keyword, "connect_timeout") == 0)
 			connect_timeout = atoi(o->val);
 		p->keywords[n] = pstrdup(o->keyword);
@@ -197,9 +192,6 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	p->values[n++] = "dbpool";
 	p->keywords[n] = "client_encoding";
 	p->values[n++] = "UTF8";
-	p->keywords[n] = "options";
-	p->values[n++] = psprintf("%s%s-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3",
-							  user_options ? user_options : "", user_options ? " " : "");
 	p->keywords[n] = NULL;
 	p->values[n] = NULL;
 	MemoryContextSwitchTo(old);

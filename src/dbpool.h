@@ -45,6 +45,7 @@
 #define DBPOOL_PASSWORD_MASK	"********"
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
 #define DBPOOL_LOG_INTERVAL_MS	60000	/* repeated log lines: at most once a minute */
+#define DBPOOL_STYLE_LEN		64		/* room for a DateStyle or IntervalStyle value */
 
 /* GUCs (dbpool.c) */
 extern char *DbpoolDatabase;

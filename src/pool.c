@@ -218,19 +218,16 @@ DbpoolPoolRelease(WorkerConn *conn)
 	DbpoolPoolPublish(pool);
 }
 
-/* A new connection is up. */
+/* A new connection of pool is up: the pool is reachable (the connection is released after its set-up). */
 void
-DbpoolPoolConnected(WorkerConn *conn)
+DbpoolPoolConnected(WorkerPool *pool)
 {
-	WorkerPool *pool = conn->pool;
-
 	if (pool->unreachable)
 		ereport(LOG, (errmsg("dbpool: pool \"%s\" is reachable again", pool->name)));
 	pool->ever_connected = true;
 	pool->unreachable = false;
 	pool->backoff_ms = 0;
 	pool->next_connect_at = 0;
-	DbpoolPoolRelease(conn);
 }
 
 /*

@@ -123,12 +123,18 @@ DbpoolProtoParseRequest(const char *data, Size len, DbpoolRequest *req, int *par
 
 /* ---------- response records ---------- */
 
-/* Append a 'T' record: a result set of natts columns starts. */
+/*
+ * Append a 'T' record: a result set of natts columns starts, printed under
+ * the foreign session's DateStyle and IntervalStyle (NULL: not known).
+ */
 void
-DbpoolProtoPutRowDesc(StringInfo buf, int natts)
+DbpoolProtoPutRowDesc(StringInfo buf, int natts, const char *datestyle,
+					  const char *intervalstyle)
 {
 	appendStringInfoChar(buf, DBPOOL_REC_ROWDESC);
 	put_int32(buf, natts);
+	put_text(buf, datestyle);
+	put_text(buf, intervalstyle);
 }
 
 /* Append a 'D' record for row of res. */
@@ -254,9 +260,9 @@ DbpoolProtoGetText(const char **p, const char *end, const char **s, int32 *len)
 	return true;
 }
 
-/* Read one text field of an 'E' record into a palloc'd string. */
+/* Read one text field of a record into a palloc'd string ("" when empty). */
 static bool
-get_error_text(const char **p, const char *end, char **out)
+get_record_text(const char **p, const char *end, char **out)
 {
 	const char *s;
 	int32		len;
@@ -265,6 +271,17 @@ get_error_text(const char **p, const char *end, char **out)
 		return false;
 	*out = len > 0 ? pnstrdup(s, len) : pstrdup("");
 	return true;
+}
+
+/* Decode the body of a 'T' record (after its type byte); the texts point into it, unterminated. */
+bool
+DbpoolProtoGetRowDesc(const char **p, const char *end, int32 *natts,
+					  const char **datestyle, int32 *dslen,
+					  const char **intervalstyle, int32 *islen)
+{
+	return DbpoolProtoGetInt32(p, end, natts) &&
+		DbpoolProtoGetText(p, end, datestyle, dslen) && *dslen >= 0 &&
+		DbpoolProtoGetText(p, end, intervalstyle, islen) && *islen >= 0;
 }
 
 /* Decode the body of an 'E' record (after its type byte). */
@@ -279,10 +296,10 @@ DbpoolProtoGetError(const char **p, const char *end, DbpoolErrorFields *e)
 	e->sqlstate[5] = '\0';
 	*p += 5;
 	e->sqlerrcode = MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4]);
-	return get_error_text(p, end, &e->message) &&
-		get_error_text(p, end, &e->detail) &&
-		get_error_text(p, end, &e->hint) &&
-		get_error_text(p, end, &e->context);
+	return get_record_text(p, end, &e->message) &&
+		get_record_text(p, end, &e->detail) &&
+		get_record_text(p, end, &e->hint) &&
+		get_record_text(p, end, &e->context);
 }
 
 /* Decode a whole 'E' record that this process built; XX000 if it is not one. */

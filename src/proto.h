@@ -18,7 +18,9 @@
  * The NULs let the worker hand the texts to libpq where they lie.
  *
  * A response is a series of messages, each a series of records:
- *	'T' int32 natts							a result set starts
+ *	'T' int32 natts, 2 * (int32 len, bytes): DateStyle, IntervalStyle
+ *											a result set starts; its values are
+ *											printed under those foreign settings
  *	'D' natts * (int32 len or -1, bytes)	one row
  *	'C' int32 len, bytes					final: command status of the last statement
  *	'E' 5-byte SQLSTATE, 4 * (int32 len, bytes): message, detail, hint, context
@@ -69,7 +71,8 @@ extern bool DbpoolProtoParseRequest(const char *data, Size len, DbpoolRequest *r
 									int *params_alloc, MemoryContext cxt);
 
 /* response records: the worker encodes */
-extern void DbpoolProtoPutRowDesc(StringInfo buf, int natts);
+extern void DbpoolProtoPutRowDesc(StringInfo buf, int natts, const char *datestyle,
+								  const char *intervalstyle);
 extern void DbpoolProtoPutRow(StringInfo buf, const struct pg_result *res, int row);
 extern Size DbpoolProtoRowSize(const struct pg_result *res, int row);
 extern void DbpoolProtoPutComplete(StringInfo buf, const char *status);
@@ -80,6 +83,9 @@ extern void DbpoolProtoPutRemoteError(StringInfo buf, const struct pg_result *re
 /* response records: the backend (and the worker, of its own errors) decodes */
 extern bool DbpoolProtoGetInt32(const char **p, const char *end, int32 *v);
 extern bool DbpoolProtoGetText(const char **p, const char *end, const char **s, int32 *len);
+extern bool DbpoolProtoGetRowDesc(const char **p, const char *end, int32 *natts,
+								  const char **datestyle, int32 *dslen,
+								  const char **intervalstyle, int32 *islen);
 extern bool DbpoolProtoGetError(const char **p, const char *end, DbpoolErrorFields *e);
 extern void DbpoolProtoErrorOf(const StringInfo rec, DbpoolErrorFields *e);
 

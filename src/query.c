@@ -5,7 +5,8 @@
  * Look the pool up and check the caller's privilege, write the request into
  * this session's channel, then turn the records that stream back into a
  * tuplestore (spilling past work_mem) through the input functions of the
- * caller's column definition list, as dblink does.  Anything that ends the
+ * caller's column definition list, under the foreign session's DateStyle and
+ * IntervalStyle, as dblink does.  Anything that ends the
  * wait early (an error, a cancel, statement_timeout, termination) abandons the
  * channel, which makes the worker cancel the remote query.
  */
@@ -48,7 +49,23 @@ typedef struct ResultSink
 	AttInMetadata *attinmeta;
 	MemoryContext rowcxt;
 	StringInfoData value;		/* one value, NUL-terminated */
+	int			guc_nest;		/* GUC nest level of the foreign settings, -1: none */
 } ResultSink;
+
+/*
+ * The foreign DateStyle and IntervalStyle of the last result set, and what
+ * they mean here, so that the common case (nothing differs) costs two string
+ * comparisons per result set and no GUC work.
+ */
+static struct
+{
+	bool		valid;
+	char		datestyle[DBPOOL_STYLE_LEN];
+	char		intervalstyle[DBPOOL_STYLE_LEN];
+	int			style;			/* DateStyle, DateOrder and IntervalStyle once applied */
+	int			order;
+	int			istyle;
+} foreign_styles;
 
 /*
  * What this session last read of the registry for one pool name, valid while
@@ -297,26 +314,47 @@ store_row(ResultSink *sink, const char **p, const char *end)
 	MemoryContextReset(sink->rowcxt);
 }
 
-/*
- * Parse values the way the remote side printed them (DateStyle ISO,
- * IntervalStyle postgres), whatever this session uses.  Returns the GUC nest
- * level to pop, or -1 if nothing had to change.
- */
-static int
-set_parse_settings(void)
+/* Whether the len bytes at s are the NUL-terminated string known. */
+static inline bool
+same_text(const char *s, int32 len, const char *known)
 {
-	int			nest;
+	return strncmp(known, s, len) == 0 && known[len] == '\0';
+}
 
-	if (DateStyle == USE_ISO_DATES && IntervalStyle == INTSTYLE_POSTGRES)
-		return -1;
-	nest = NewGUCNestLevel();
-	if (DateStyle != USE_ISO_DATES)
-		(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-	if (IntervalStyle != INTSTYLE_POSTGRES)
-		(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-	return nest;
+/*
+ * Read the values of a result set the way the foreign session printed them,
+ * as dblink does: its DateStyle (ISO output, and the field order that text
+ * read into date and time columns follows) and its IntervalStyle, in a GUC
+ * nest level that the call pops when it ends.  Empty texts: not known, keep
+ * this session's.
+ */
+static void
+use_foreign_styles(ResultSink *sink, const char *ds, int32 dslen, const char *is, int32 islen)
+{
+	if (dslen >= DBPOOL_STYLE_LEN || islen >= DBPOOL_STYLE_LEN)
+		return;
+	if (foreign_styles.valid && same_text(ds, dslen, foreign_styles.datestyle) &&
+		same_text(is, islen, foreign_styles.intervalstyle) &&
+		DateStyle == foreign_styles.style && DateOrder == foreign_styles.order &&
+		IntervalStyle == foreign_styles.istyle)
+		return;
+	if (sink->guc_nest < 0)
+		sink->guc_nest = NewGUCNestLevel();
+	memcpy(foreign_styles.datestyle, ds, dslen);
+	foreign_styles.datestyle[dslen] = '\0';
+	memcpy(foreign_styles.intervalstyle, is, islen);
+	foreign_styles.intervalstyle[islen] = '\0';
+	foreign_styles.valid = false;
+	if (dslen > 0)
+		(void) set_config_option("datestyle", foreign_styles.datestyle, PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (islen > 0)
+		(void) set_config_option("intervalstyle", foreign_styles.intervalstyle, PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	foreign_styles.style = DateStyle;
+	foreign_styles.order = DateOrder;
+	foreign_styles.istyle = IntervalStyle;
+	foreign_styles.valid = true;
 }
 
 /* Read records until the final one; rows go to sink, the status is returned. */
@@ -342,8 +380,12 @@ receive_response(ResultSink *sink, const char *pool, volatile bool *finished)
 				case DBPOOL_REC_ROWDESC:
 					{
 						int32		natts;
+						const char *ds;
+						const char *is;
+						int32		dslen;
+						int32		islen;
 
-						if (!DbpoolProtoGetInt32(&p, end, &natts))
+						if (!DbpoolProtoGetRowDesc(&p, end, &natts, &ds, &dslen, &is, &islen))
 							truncated();
 
 						if (sink && natts != sink->desc->natts)
@@ -353,6 +395,8 @@ receive_response(ResultSink *sink, const char *pool, volatile bool *finished)
 									 errdetail("The remote query returned %d columns; the column definition list has %d.",
 											   natts, sink->desc->natts),
 									 errcontext("dbpool pool \"%s\"", pool)));
+						if (sink)
+							use_foreign_styles(sink, ds, dslen, is, islen);
 						break;
 					}
 				case DBPOOL_REC_ROW:
@@ -393,7 +437,6 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	StringInfoData req;
 	char	   *volatile status = NULL;
 	volatile bool finished = false;
-	volatile int nest;
 
 	DbpoolCheckLoaded();
 	if (PG_ARGISNULL(0))
@@ -419,7 +462,6 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	initStringInfo(&req);
 	build_request(&req, kind, &ref, sql, params);
 
-	nest = sink ? set_parse_settings() : -1;
 	request_in_progress = true;
 	PG_TRY();
 	{
@@ -435,8 +477,8 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	}
 	PG_END_TRY();
 	request_in_progress = false;
-	if (nest >= 0)
-		AtEOXact_GUC(true, nest);
+	if (sink && sink->guc_nest >= 0)
+		AtEOXact_GUC(true, sink->guc_nest);	/* this session's own settings again */
 	pfree(req.data);
 	return status;
 }
@@ -461,6 +503,7 @@ dbpool_query(PG_FUNCTION_ARGS)
 	sink.rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dbpool row",
 										ALLOCSET_SMALL_SIZES);
 	initStringInfo(&sink.value);
+	sink.guc_nest = -1;
 	(void) run_request(DBPOOL_REQ_QUERY, fcinfo, &sink);
 	MemoryContextDelete(sink.rowcxt);
 	return (Datum) 0;

@@ -282,12 +282,16 @@ worker_start(void)
 
 	/*
 	 * libpq reads these from the environment the postmaster was started with
-	 * and would override the remote session settings dbpool relies on
-	 * (application_name, DateStyle for parsing values).
+	 * and would set them in every foreign session, over the foreign
+	 * database's and role's own settings (application_name, DateStyle,
+	 * TimeZone, anything in PGOPTIONS): the callers' SQL must mean what it
+	 * means on the foreign server.
 	 */
 	unsetenv("PGAPPNAME");
 	unsetenv("PGDATESTYLE");
 	unsetenv("PGGEQO");
+	unsetenv("PGOPTIONS");
+	unsetenv("PGTZ");
 
 	DbpoolWorkerContext = AllocSetContextCreate(TopMemoryContext, "dbpool worker",
 												ALLOCSET_DEFAULT_SIZES);

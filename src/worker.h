@@ -90,14 +90,19 @@ typedef struct WorkerChannel
 	bool		blocked;
 } WorkerChannel;
 
-/* What a connection in CONN_CLEANUP is doing; the first four run in this order. */
+/*
+ * What a connection in CONN_CLEANUP is doing; the first four run in this
+ * order.  SETTINGS comes last so that it also mends what a reset_query such
+ * as DISCARD ALL set back; it is also the set-up of a new connection.
+ */
 typedef enum CleanupStep
 {
 	CLEANUP_NONE = 0,
 	CLEANUP_ROLLBACK,			/* a request left a transaction open */
-	CLEANUP_SETTINGS,			/* a caller changed DateStyle, IntervalStyle or client_encoding */
 	CLEANUP_DEALLOCATE,			/* statements that fell out of the cache */
 	CLEANUP_RESET,				/* the pool's reset_query */
+	CLEANUP_SETTINGS,			/* DateStyle, IntervalStyle or client_encoding differ from
+								 * what the connection keeps */
 	CLEANUP_AWAIT_CANCEL		/* waiting for the cancel thread before reuse */
 } CleanupStep;
 
@@ -137,6 +142,14 @@ struct WorkerConn
 	int32		remote_pid;
 	int64		active_us;		/* time spent serving earlier requests */
 	int64		rows;			/* rows retrieved or affected by the current request */
+
+	/*
+	 * The settings the connection keeps between requests: ISO output with the
+	 * foreign session's own field order, its own IntervalStyle ("" = the
+	 * server did not say).
+	 */
+	char		datestyle[DBPOOL_STYLE_LEN];
+	char		intervalstyle[DBPOOL_STYLE_LEN];
 
 	/* the request */
 	WorkerChannel *ch;			/* NULL once orphaned (client gone or answered) */
@@ -229,7 +242,7 @@ extern void DbpoolPoolRelease(WorkerConn *conn);
 extern void DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *message,
 								 const char *detail, const char *hint);
 extern void DbpoolPoolConnClosed(WorkerPool *pool);
-extern void DbpoolPoolConnected(WorkerConn *conn);
+extern void DbpoolPoolConnected(WorkerPool *pool);
 extern void DbpoolPoolServeAll(void);
 extern void DbpoolPoolPublish(WorkerPool *pool);
 extern void DbpoolPoolCloseAll(void);
@@ -257,6 +270,8 @@ extern void DbpoolConnFailRequest(WorkerConn *conn, int sqlerrcode, int also,
 
 /* conn_reset.c: cleanup between requests */
 extern int	DbpoolAwaitingCancels;
+extern void DbpoolConnNoteStyles(WorkerConn *conn);
+extern const char *DbpoolConnReportedStyle(WorkerConn *conn, const char *name);
 extern void DbpoolConnResetStart(WorkerConn *conn, PGTransactionStatusType ts);
 extern void DbpoolConnResetStepDone(WorkerConn *conn);
 extern bool DbpoolConnPollCancel(WorkerConn *conn);
