@@ -208,9 +208,7 @@ connect_poll(WorkerConn *conn)
 	DbpoolStatsCount(pool, DBPOOL_C_CONNS_CREATED);
 	DbpoolConnSetState(conn, CONN_IDLE);
 	DbpoolPoolConnected(pool);
-	/* ISO output, keeping the foreign field order; then to the pool */
-	DbpoolConnNoteStyles(conn);
-	DbpoolConnResetStart(conn, PQTRANS_IDLE);
+	DbpoolConnSetUp(conn);		/* ISO output, keeping the foreign field order */
 }
 
 /* An idle connection's socket is readable: the server closed it, or sent a notification. */

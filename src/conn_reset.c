@@ -6,7 +6,7 @@
  *		reset_query, set back the settings the connection keeps (DateStyle,
  *		IntervalStyle, client_encoding), and wait for an in-flight cancel to
  *		land; then hand it back to its pool.  A new connection goes through
- *		the same steps once, to get ISO output (DbpoolConnNoteStyles).
+ *		the settings step once, to get ISO output (DbpoolConnSetUp).
  *
  * The steps run in the order of CleanupStep (worker.h), each a simple query
  * with a DBPOOL_CANCEL_GRACE_MS deadline; their results are read by
@@ -90,8 +90,8 @@ DbpoolConnReportedStyle(WorkerConn *conn, const char *name)
  * unambiguous and literals in the callers' SQL mean what they mean there;
  * IntervalStyle stays the foreign one (the reader parses with it).
  */
-void
-DbpoolConnNoteStyles(WorkerConn *conn)
+static void
+note_styles(WorkerConn *conn)
 {
 	const char *ds = DbpoolConnReportedStyle(conn, "DateStyle");
 	const char *is = DbpoolConnReportedStyle(conn, "IntervalStyle");
@@ -200,6 +200,17 @@ continue_after(WorkerConn *conn, CleanupStep step)
 
 	if (next != CLEANUP_NONE)
 		start_step(conn, next);
+	else
+		to_pool(conn);
+}
+
+/* A new connection is up: set it up (ISO output) if needed, then hand it to its pool. */
+void
+DbpoolConnSetUp(WorkerConn *conn)
+{
+	note_styles(conn);
+	if (settings_drifted(conn))
+		start_step(conn, CLEANUP_SETTINGS);
 	else
 		to_pool(conn);
 }

@@ -270,7 +270,7 @@ extern void DbpoolConnFailRequest(WorkerConn *conn, int sqlerrcode, int also,
 
 /* conn_reset.c: cleanup between requests */
 extern int	DbpoolAwaitingCancels;
-extern void DbpoolConnNoteStyles(WorkerConn *conn);
+extern void DbpoolConnSetUp(WorkerConn *conn);
 extern const char *DbpoolConnReportedStyle(WorkerConn *conn, const char *name);
 extern void DbpoolConnResetStart(WorkerConn *conn, PGTransactionStatusType ts);
 extern void DbpoolConnResetStepDone(WorkerConn *conn);
