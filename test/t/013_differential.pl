@@ -7,7 +7,7 @@
 # runs once through dbpool and once through dblink (with the parameters written in as
 # literals; each parameterized case also has a twin that dbpool runs with the literals),
 # under its own randomly chosen caller settings (DateStyle in every order, IntervalStyle,
-# TimeZone, extra_float_digits, bytea_output, timezone_abbreviations), in four phases of
+# TimeZone, extra_float_digits, bytea_output, timezone_abbreviations), in five phases of
 # the foreign database's own defaults (ALTER DATABASE ... SET, a new pool and a new dblink
 # connection for each), from a UTF8 and from a LATIN1 database on L.
 #
