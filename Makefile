@@ -16,6 +16,7 @@ OBJS = \
 	src/admin.o \
 	src/stats.o \
 	src/slowlog.o \
+	src/figures.o \
 	src/views.o \
 	src/detail.o
 
@@ -40,4 +41,4 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS tracks no header dependencies: a changed struct must rebuild every object.
-$(OBJS): src/dbpool.h src/worker.h src/stats.h
+$(OBJS): src/dbpool.h src/worker.h src/stats.h src/figures.h

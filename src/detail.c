@@ -15,6 +15,7 @@
 #include "utils/timestamp.h"
 
 #include "dbpool.h"
+#include "figures.h"
 #include "stats.h"
 
 PG_FUNCTION_INFO_V1(dbpool_detailed_metrics);

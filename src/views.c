@@ -7,8 +7,6 @@
  */
 #include "postgres.h"
 
-#include <math.h>
-
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -19,6 +17,7 @@
 #include "utils/tuplestore.h"
 
 #include "dbpool.h"
+#include "figures.h"
 #include "stats.h"
 
 PG_FUNCTION_INFO_V1(dbpool_pools);
@@ -27,36 +26,11 @@ PG_FUNCTION_INFO_V1(dbpool_connections);
 PG_FUNCTION_INFO_V1(dbpool_slow_queries);
 PG_FUNCTION_INFO_V1(dbpool_reset_stats);
 
-/* A pool state's SQL name. */
-const char *
-DbpoolPoolStateName(DbpoolPoolState state)
-{
-	switch (state)
-	{
-		case DBPOOL_POOL_CONNECTING:
-			return "connecting";
-		case DBPOOL_POOL_READY:
-			return "ready";
-		case DBPOOL_POOL_UNREACHABLE:
-			return "unreachable";
-		case DBPOOL_POOL_DROPPING:
-			return "dropping";
-	}
-	return "unknown";
-}
-
 /* UTF8 text from shared memory as a text Datum in the database encoding. */
 Datum
 DbpoolUtf8TextDatum(const char *s)
 {
 	return CStringGetTextDatum(pg_any_to_server(s, strlen(s), PG_UTF8));
-}
-
-/* Milliseconds rounded to the microsecond, the unit every latency is kept in. */
-double
-DbpoolRoundMs(double ms)
-{
-	return rint(ms * 1000.0) / 1000.0;
 }
 
 /*
@@ -96,14 +70,6 @@ slot_by_id(DbpoolPoolSlot *slots, int n, int index, uint64 pool_id)
 		if (slots[i].index == index && slots[i].pool_id == pool_id)
 			return &slots[i];
 	return NULL;
-}
-
-/* A pool's statistics; zeroes while the worker has not initialized them yet. */
-void
-DbpoolSlotStats(const DbpoolPoolSlot *slot, DbpoolPoolStats *copy)
-{
-	if (!DbpoolPoolStatsSnapshot(slot->index, slot->pool_id, copy))
-		memset(copy, 0, sizeof(*copy));
 }
 
 /* dbpool_pools(): one row per pool, conninfo with its password masked. */
