@@ -1,14 +1,16 @@
 /*
  * figures.c
  *		What readers derive from a consistent copy of the statistics (stats.c):
- *		window sums, percentiles, rates; the privilege rule for query texts;
- *		the names of states.
+ *		a pool's figures and a connection's row, each computed here once, and
+ *		their parts (window sums, percentiles, rates), the privilege rule for
+ *		query texts and the names of states.  The SQL functions render them.
  */
 #include "postgres.h"
 
 #include <math.h>
 
 #include "catalog/pg_authid.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/timestamp.h"
@@ -16,6 +18,90 @@
 #include "dbpool.h"
 #include "figures.h"
 #include "stats.h"
+
+const int	DbpoolRateWindowSecs[DBPOOL_NUM_RATE_WINDOWS] = {1, 10, 60};
+
+/* The quantiles of the DbpoolPercentile values. */
+static const double quantiles[DBPOOL_NUM_PERCENTILES] = {0.50, 0.95, 0.99};
+
+/* ---------- a pool ---------- */
+
+/* Fill a latency's figures from its cumulative histogram and its 60 s window. */
+static void
+latency_figures(const DbpoolHist *cumulative, const uint64 *window, uint64 window_n,
+				DbpoolLatencyFigures *l)
+{
+	int			i,
+				b;
+
+	l->window_n = window_n;
+	memcpy(l->window, window, sizeof(l->window));
+	for (i = 0; i < DBPOOL_NUM_PERCENTILES; i++)
+	{
+		double		ms = DbpoolHistPercentile(window, window_n, quantiles[i]);
+
+		l->window_ms[i] = ms < 0 ? -1 : DbpoolRoundMs(ms);
+	}
+	l->cumulative_n = 0;
+	for (b = 0; b < DBPOOL_HIST_BUCKETS; b++)
+		l->cumulative_n += cumulative->count[b];
+	l->cumulative_sum_ms = cumulative->sum_us / 1000.0;
+	memcpy(l->cumulative, cumulative->count, sizeof(l->cumulative));
+}
+
+/*
+ * A pool's figures from its registry slot (a copy), a copy of its statistics
+ * (zeroes if the worker has not initialized them) and the time of that copy.
+ */
+void
+DbpoolComputePoolFigures(const DbpoolPoolSlot *slot, const DbpoolPoolStats *s,
+						 TimestampTz now, DbpoolPoolFigures *f)
+{
+	DbpoolWindowFigures w;
+	int			i;
+
+	strlcpy(f->name, slot->name, sizeof(f->name));
+	f->state = slot->state;
+	f->now = now;
+	f->stats_reset = s->stats_reset;
+
+	f->total = s->total;
+	f->active = s->active;
+	f->idle = s->idle;
+	f->connecting = s->connecting;
+	f->waiting = s->waiting;
+	f->max_size = slot->settings.max_size;
+	f->utilization = f->max_size > 0 ? (double) s->active / f->max_size : 0;
+	f->oldest_wait_ms = s->oldest_wait_since ?
+		DbpoolRoundMs(Max(now - s->oldest_wait_since, 0) / 1000.0) : -1;
+
+	memcpy(f->counters, s->counters, sizeof(f->counters));
+	f->timeouts = s->counters[DBPOOL_C_ACQUIRE_TIMEOUTS] + s->counters[DBPOOL_C_QUERY_TIMEOUTS];
+	for (i = 0; i < DBPOOL_NUM_RATE_WINDOWS; i++)
+	{
+		DbpoolRateFigures *r = &f->rates[i];
+
+		DbpoolRates(s, now, DbpoolRateWindowSecs[i], &r->queries_per_second,
+					&r->errors_per_second);
+		r->error_rate = r->queries_per_second > 0 ?
+			r->errors_per_second / r->queries_per_second : 0;
+	}
+
+	DbpoolWindowSum(s, now, &w);
+	latency_figures(&s->acquire, w.acquire, w.acquire_n, &f->acquire);
+	latency_figures(&s->query, w.query, w.query_n, &f->query);
+}
+
+/* A pool's figures now: a consistent copy of its statistics, then the figures. */
+void
+DbpoolReadPoolFigures(const DbpoolPoolSlot *slot, DbpoolPoolFigures *f)
+{
+	DbpoolPoolStats *s = palloc(sizeof(DbpoolPoolStats));
+
+	DbpoolSlotStats(slot, s);
+	DbpoolComputePoolFigures(slot, s, GetCurrentTimestamp(), f);
+	pfree(s);
+}
 
 /* A pool's statistics; zeroes while the worker has not initialized them yet. */
 void
@@ -25,7 +111,36 @@ DbpoolSlotStats(const DbpoolPoolSlot *slot, DbpoolPoolStats *copy)
 		memset(copy, 0, sizeof(*copy));
 }
 
-/* ---------- figures from a copy ---------- */
+/* ---------- a connection ---------- */
+
+/* A connection's row from a copy of its entry at time now, texts masked for the current user. */
+void
+DbpoolComputeConnFigures(const DbpoolConnEntry *e, TimestampTz now, DbpoolConnFigures *f)
+{
+	int64		active_us = e->active_us;
+
+	if (e->state == DBPOOL_CONN_ACTIVE)
+		active_us += Max(now - e->state_since, 0);
+	f->conn_id = e->conn_id;
+	f->state = DbpoolConnStateName(e->state);
+	f->client_pid = e->client_pid;
+	f->remote_pid = e->remote_pid;
+	f->created_at = e->created_at;
+	f->state_since = e->state_since;
+	f->active_seconds = active_us / 1000000.0;
+	f->queries_served = e->queries_served;
+	f->last_query = e->last_query[0] ? DbpoolShownText(e->last_query, e->last_role) : NULL;
+	f->last_error = e->last_error[0] ? DbpoolShownText(e->last_error, e->last_error_role) : NULL;
+}
+
+/* Entry i of a DbpoolConnSnapshot() copy. */
+DbpoolConnEntry *
+DbpoolConnEntryIn(DbpoolConnEntry *entries, int i)
+{
+	return (DbpoolConnEntry *) ((char *) entries + DbpoolShmem->conn_entry_stride * i);
+}
+
+/* ---------- the parts ---------- */
 
 /* Sum the window slots of the last 60 s (the current 5 s slot included). */
 void
@@ -135,6 +250,15 @@ DbpoolMaySeeText(Oid role)
 
 	return superuser() || has_privs_of_role(me, ROLE_PG_READ_ALL_STATS) ||
 		(OidIsValid(role) && has_privs_of_role(me, role));
+}
+
+/* A UTF8 text of role as the current user may see it, in the database encoding. */
+const char *
+DbpoolShownText(const char *utf8, Oid role)
+{
+	if (!DbpoolMaySeeText(role))
+		return DBPOOL_INSUFFICIENT_PRIVILEGE;
+	return pg_any_to_server(utf8, strlen(utf8), PG_UTF8);
 }
 
 /* A connection state's SQL name. */

@@ -3,13 +3,13 @@
  *		The functions behind dbpool's views (dbpool_pools, dbpool_metrics,
  *		dbpool_connections, dbpool_slow_queries) and dbpool_reset_stats().
  *		They read copies: the registry under its shared lock, the statistics
- *		through stats.c's consistent snapshots.
+ *		through stats.c's consistent snapshots; they render the figures
+ *		figures.c derives from those.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
 #include "funcapi.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -25,13 +25,6 @@ PG_FUNCTION_INFO_V1(dbpool_metrics);
 PG_FUNCTION_INFO_V1(dbpool_connections);
 PG_FUNCTION_INFO_V1(dbpool_slow_queries);
 PG_FUNCTION_INFO_V1(dbpool_reset_stats);
-
-/* UTF8 text from shared memory as a text Datum in the database encoding. */
-Datum
-DbpoolUtf8TextDatum(const char *s)
-{
-	return CStringGetTextDatum(pg_any_to_server(s, strlen(s), PG_UTF8));
-}
 
 /*
  * The registry slot of the live pool of that name; with dropping, of a pool
@@ -70,6 +63,14 @@ slot_by_id(DbpoolPoolSlot *slots, int n, int index, uint64 pool_id)
 		if (slots[i].index == index && slots[i].pool_id == pool_id)
 			return &slots[i];
 	return NULL;
+}
+
+/* A text Datum of s, or (*isnull) NULL when there is none. */
+static Datum
+text_or_null(const char *s, bool *isnull)
+{
+	*isnull = (s == NULL);
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
 /* dbpool_pools(): one row per pool, conninfo with its password masked. */
@@ -131,7 +132,7 @@ put_ms(Datum *values, bool *nulls, int c, double ms)
 	if (ms < 0)
 		nulls[c] = true;
 	else
-		values[c] = Float8GetDatum(DbpoolRoundMs(ms));
+		values[c] = Float8GetDatum(ms);
 }
 
 /* dbpool_metrics(): one row per pool, the figures an operator looks at first. */
@@ -140,8 +141,7 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	DbpoolPoolSlot *slots;
-	DbpoolPoolStats *s = palloc(sizeof(DbpoolPoolStats));
-	DbpoolWindowFigures *w = palloc(sizeof(DbpoolWindowFigures));
+	DbpoolPoolFigures *f = palloc(sizeof(DbpoolPoolFigures));
 	int			n,
 				i;
 
@@ -152,52 +152,40 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 
 	for (i = 0; i < n; i++)
 	{
-		DbpoolPoolSlot *p = &slots[i];
 		Datum		values[23];
 		bool		nulls[23] = {0};
-		TimestampTz now;
-		double		qps,
-					eps;
+		const DbpoolRateFigures *minute;
 		int			c = 0;
 
-		DbpoolSlotStats(p, s);
-		now = GetCurrentTimestamp();
-		DbpoolWindowSum(s, now, w);
-		DbpoolRates(s, now, 60, &qps, &eps);
-
-		values[c++] = CStringGetTextDatum(p->name);
-		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(p->state));
-		values[c++] = Int32GetDatum(s->total);
-		values[c++] = Int32GetDatum(s->active);
-		values[c++] = Int32GetDatum(s->idle);
-		values[c++] = Int32GetDatum(p->settings.max_size);
-		values[c++] = Float8GetDatum(p->settings.max_size > 0 ?
-									 (double) s->active / p->settings.max_size : 0);
-		values[c++] = Int32GetDatum(s->waiting);
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->acquire, w->acquire_n, 0.50));
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->acquire, w->acquire_n, 0.99));
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_QUERIES]);
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_ERRORS]);
-		values[c++] = Float8GetDatum(qps);
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.50));
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.95));
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.99));
-		values[c++] = Float8GetDatum(qps > 0 ? eps / qps : 0);
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_SLOW]);
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_ACQUIRE_TIMEOUTS] +
-									s->counters[DBPOOL_C_QUERY_TIMEOUTS]);
-		if (s->stats_reset)
-			values[c] = TimestampTzGetDatum(s->stats_reset);
+		DbpoolReadPoolFigures(&slots[i], f);
+		minute = &f->rates[DBPOOL_RATE_60S];
+		values[c++] = CStringGetTextDatum(f->name);
+		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(f->state));
+		values[c++] = Int32GetDatum(f->total);
+		values[c++] = Int32GetDatum(f->active);
+		values[c++] = Int32GetDatum(f->idle);
+		values[c++] = Int32GetDatum(f->max_size);
+		values[c++] = Float8GetDatum(f->utilization);
+		values[c++] = Int32GetDatum(f->waiting);
+		put_ms(values, nulls, c++, f->acquire.window_ms[DBPOOL_P50]);
+		put_ms(values, nulls, c++, f->acquire.window_ms[DBPOOL_P99]);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_QUERIES]);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_ERRORS]);
+		values[c++] = Float8GetDatum(minute->queries_per_second);
+		put_ms(values, nulls, c++, f->query.window_ms[DBPOOL_P50]);
+		put_ms(values, nulls, c++, f->query.window_ms[DBPOOL_P95]);
+		put_ms(values, nulls, c++, f->query.window_ms[DBPOOL_P99]);
+		values[c++] = Float8GetDatum(minute->error_rate);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_SLOW]);
+		values[c++] = Int64GetDatum(f->timeouts);
+		if (f->stats_reset)
+			values[c] = TimestampTzGetDatum(f->stats_reset);
 		else
 			nulls[c] = true;
 		c++;
-		values[c++] = Int32GetDatum(s->connecting);
-		if (s->oldest_wait_since)
-			values[c] = Float8GetDatum(DbpoolRoundMs(Max(now - s->oldest_wait_since, 0) / 1000.0));
-		else
-			nulls[c] = true;
-		c++;
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_CANCELS]);
+		values[c++] = Int32GetDatum(f->connecting);
+		put_ms(values, nulls, c++, f->oldest_wait_ms);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_CANCELS]);
 		Assert(c == lengthof(values));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -225,41 +213,30 @@ dbpool_connections(PG_FUNCTION_ARGS)
 
 	for (i = 0; i < n; i++)
 	{
-		DbpoolConnEntry *e = (DbpoolConnEntry *) ((char *) entries +
-												  DbpoolShmem->conn_entry_stride * i);
+		DbpoolConnEntry *e = DbpoolConnEntryIn(entries, i);
 		DbpoolPoolSlot *p = slot_by_id(slots, nslots, e->pool_slot, e->pool_id);
+		DbpoolConnFigures f;
 		Datum		values[11];
 		bool		nulls[11] = {0};
-		bool		may_see = DbpoolMaySeeText(e->last_role);
-		int64		active_us = e->active_us;
 		int			c = 0;
 
 		if (p == NULL)
 			continue;			/* its pool is gone */
-		if (e->state == DBPOOL_CONN_ACTIVE)
-			active_us += Max(now - e->state_since, 0);
+		DbpoolComputeConnFigures(e, now, &f);
 		values[c++] = CStringGetTextDatum(p->name);
-		values[c++] = Int64GetDatum(e->conn_id);
-		values[c++] = CStringGetTextDatum(DbpoolConnStateName(e->state));
-		values[c] = Int32GetDatum(e->client_pid);
-		nulls[c++] = e->client_pid == 0;
-		values[c] = Int32GetDatum(e->remote_pid);
-		nulls[c++] = e->remote_pid == 0;
-		values[c++] = TimestampTzGetDatum(e->created_at);
-		values[c++] = TimestampTzGetDatum(e->state_since);
-		values[c++] = Float8GetDatum(active_us / 1000000.0);
-		values[c++] = Int64GetDatum(e->queries_served);
-		if (e->last_query[0] == '\0')
-			nulls[c] = true;
-		else
-			values[c] = may_see ? DbpoolUtf8TextDatum(e->last_query) :
-				CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
+		values[c++] = Int64GetDatum(f.conn_id);
+		values[c++] = CStringGetTextDatum(f.state);
+		values[c] = Int32GetDatum(f.client_pid);
+		nulls[c++] = f.client_pid == 0;
+		values[c] = Int32GetDatum(f.remote_pid);
+		nulls[c++] = f.remote_pid == 0;
+		values[c++] = TimestampTzGetDatum(f.created_at);
+		values[c++] = TimestampTzGetDatum(f.state_since);
+		values[c++] = Float8GetDatum(f.active_seconds);
+		values[c++] = Int64GetDatum(f.queries_served);
+		values[c] = text_or_null(f.last_query, &nulls[c]);
 		c++;
-		if (e->last_error[0] == '\0')
-			nulls[c] = true;
-		else
-			values[c] = DbpoolMaySeeText(e->last_error_role) ? DbpoolUtf8TextDatum(e->last_error) :
-				CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
+		values[c] = text_or_null(f.last_error, &nulls[c]);
 		c++;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -353,8 +330,7 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 		int			c = 0;
 
 		values[c++] = CStringGetTextDatum(e->pool);
-		values[c++] = DbpoolMaySeeText(e->role) ? DbpoolUtf8TextDatum(e->query) :
-			CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
+		values[c++] = CStringGetTextDatum(DbpoolShownText(e->query, e->role));
 		values[c++] = Float8GetDatum(DbpoolRoundMs(e->duration_us / 1000.0));
 		values[c++] = TimestampTzGetDatum(e->started_at);
 		values[c++] = Int32GetDatum(e->client_pid);
