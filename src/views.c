@@ -26,6 +26,12 @@ PG_FUNCTION_INFO_V1(dbpool_connections);
 PG_FUNCTION_INFO_V1(dbpool_slow_queries);
 PG_FUNCTION_INFO_V1(dbpool_reset_stats);
 
+/* The columns of each function's rows, as dbpool--1.0.sql declares them. */
+#define DBPOOL_POOLS_FIXED_COLS		5	/* and one per setting */
+#define DBPOOL_METRICS_COLS			23
+#define DBPOOL_CONNECTIONS_COLS		11
+#define DBPOOL_SLOW_QUERIES_COLS	8
+
 /*
  * The registry slot of the live pool of that name; with dropping, of a pool
  * being dropped if there is no live one.  42704 if there is none.
@@ -65,6 +71,31 @@ slot_by_id(DbpoolPoolSlot *slots, int n, int index, uint64 pool_id)
 	return NULL;
 }
 
+/*
+ * Start a set-returning function's rows: a materialized result whose rows
+ * must have ncols columns, then a copy of the registry as of the latest
+ * committed configuration change (*nslots slots).
+ */
+static DbpoolPoolSlot *
+begin_rows(FunctionCallInfo fcinfo, int ncols, int *nslots)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (rsinfo->setDesc->natts != ncols)
+		elog(ERROR, "incorrect number of output arguments");
+	DbpoolWaitForCommittedConfig();
+	return DbpoolRegistryCopy(nslots);
+}
+
+/* Add a row to a set-returning function's result; c: the columns set, all of them. */
+static void
+put_row(ReturnSetInfo *rsinfo, Datum *values, bool *nulls, int c)
+{
+	Assert(c == rsinfo->setDesc->natts);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
 /* A text Datum of s, or (*isnull) NULL when there is none. */
 static Datum
 text_or_null(const char *s, bool *isnull)
@@ -84,15 +115,14 @@ dbpool_pools(PG_FUNCTION_ARGS)
 				j;
 
 	DbpoolCheckLoaded();
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	copy = DbpoolRegistryCopy(&n);
+	Assert(DbpoolNumSettings <= DBPOOL_MAX_SETTINGS);
+	copy = begin_rows(fcinfo, DBPOOL_POOLS_FIXED_COLS + DbpoolNumSettings, &n);
 
 	for (i = 0; i < n; i++)
 	{
 		DbpoolPoolSlot *p = &copy[i];
-		Datum		values[5 + DBPOOL_MAX_SETTINGS];
-		bool		nulls[5 + DBPOOL_MAX_SETTINGS] = {0};
+		Datum		values[DBPOOL_POOLS_FIXED_COLS + DBPOOL_MAX_SETTINGS];
+		bool		nulls[DBPOOL_POOLS_FIXED_COLS + DBPOOL_MAX_SETTINGS] = {0};
 		int			c = 0;
 		char	   *owner = GetUserNameFromId(p->owner, true);
 
@@ -120,7 +150,7 @@ dbpool_pools(PG_FUNCTION_ARGS)
 		c++;
 		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(p->state));
 		values[c++] = TimestampTzGetDatum(p->created_at);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
@@ -146,14 +176,12 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 				i;
 
 	DbpoolCheckLoaded();
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	slots = DbpoolRegistryCopy(&n);
+	slots = begin_rows(fcinfo, DBPOOL_METRICS_COLS, &n);
 
 	for (i = 0; i < n; i++)
 	{
-		Datum		values[23];
-		bool		nulls[23] = {0};
+		Datum		values[DBPOOL_METRICS_COLS];
+		bool		nulls[DBPOOL_METRICS_COLS] = {0};
 		const DbpoolRateFigures *minute;
 		int			c = 0;
 
@@ -186,8 +214,7 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 		values[c++] = Int32GetDatum(f->connecting);
 		put_ms(values, nulls, c++, f->oldest_wait_ms);
 		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_CANCELS]);
-		Assert(c == lengthof(values));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
@@ -205,9 +232,7 @@ dbpool_connections(PG_FUNCTION_ARGS)
 	TimestampTz now;
 
 	DbpoolCheckLoaded();
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	slots = DbpoolRegistryCopy(&nslots);
+	slots = begin_rows(fcinfo, DBPOOL_CONNECTIONS_COLS, &nslots);
 	n = DbpoolConnSnapshot(&entries);
 	now = GetCurrentTimestamp();
 
@@ -216,8 +241,8 @@ dbpool_connections(PG_FUNCTION_ARGS)
 		DbpoolConnEntry *e = DbpoolConnEntryIn(entries, i);
 		DbpoolPoolSlot *p = slot_by_id(slots, nslots, e->pool_slot, e->pool_id);
 		DbpoolConnFigures f;
-		Datum		values[11];
-		bool		nulls[11] = {0};
+		Datum		values[DBPOOL_CONNECTIONS_COLS];
+		bool		nulls[DBPOOL_CONNECTIONS_COLS] = {0};
 		int			c = 0;
 
 		if (p == NULL)
@@ -238,7 +263,7 @@ dbpool_connections(PG_FUNCTION_ARGS)
 		c++;
 		values[c] = text_or_null(f.last_error, &nulls[c]);
 		c++;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
@@ -287,9 +312,7 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("lim must not be negative")));
 	}
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	slots = DbpoolRegistryCopy(&nslots);
+	slots = begin_rows(fcinfo, DBPOOL_SLOW_QUERIES_COLS, &nslots);
 	if (by_pool && !PG_ARGISNULL(0))
 		only = DbpoolFindSlot(slots, nslots, text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
 
@@ -324,8 +347,8 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 	for (i = 0; i < nkeep && (lim < 0 || i < lim); i++)
 	{
 		DbpoolSlowEntry *e = keep[i];
-		Datum		values[8];
-		bool		nulls[8] = {0};
+		Datum		values[DBPOOL_SLOW_QUERIES_COLS];
+		bool		nulls[DBPOOL_SLOW_QUERIES_COLS] = {0};
 		char	   *role = GetUserNameFromId(e->role, true);
 		int			c = 0;
 
@@ -345,7 +368,7 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 		else
 			nulls[c] = true;
 		c++;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
