@@ -24,6 +24,7 @@ OBJS = \
 	src/cancel.o \
 	src/stats.o \
 	src/slowlog.o \
+	src/figures.o \
 	src/views.o \
 	src/detail.o
 
@@ -50,4 +51,4 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS tracks no header dependencies: a changed struct must rebuild every object.
-$(OBJS): src/dbpool.h src/worker.h src/stats.h src/proto.h
+$(OBJS): src/dbpool.h src/worker.h src/stats.h src/proto.h src/figures.h

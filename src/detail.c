@@ -2,12 +2,12 @@
  * detail.c
  *		dbpool_detailed_metrics(): everything dbpool knows of a pool as one
  *		jsonb document: settings (password masked), gauges, counters, rates,
- *		percentiles, the histogram buckets and the connections.
+ *		percentiles, the histogram buckets and the connections.  It renders
+ *		the figures of figures.c.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -15,9 +15,13 @@
 #include "utils/timestamp.h"
 
 #include "dbpool.h"
+#include "figures.h"
 #include "stats.h"
 
 PG_FUNCTION_INFO_V1(dbpool_detailed_metrics);
+
+/* The keys of the DbpoolPercentile values. */
+static const char *const percentile_keys[DBPOOL_NUM_PERCENTILES] = {"p50_ms", "p95_ms", "p99_ms"};
 
 /* Append a JSON string key followed by a colon. */
 static void
@@ -27,11 +31,14 @@ key(StringInfo buf, const char *k)
 	appendStringInfoChar(buf, ':');
 }
 
-/* Append a UTF8 text as a JSON string in the database encoding. */
+/* Append a JSON string, or null for NULL. */
 static void
-json_text(StringInfo buf, const char *utf8)
+json_string(StringInfo buf, const char *s)
 {
-	escape_json(buf, pg_any_to_server(utf8, strlen(utf8), PG_UTF8));
+	if (s == NULL)
+		appendStringInfoString(buf, "null");
+	else
+		escape_json(buf, s);
 }
 
 /* Append a timestamp as a JSON string, or null for 0. */
@@ -44,14 +51,14 @@ json_time(StringInfo buf, TimestampTz t)
 		escape_json(buf, timestamptz_to_str(t));
 }
 
-/* Append a latency in ms, or null when there is no sample (-1). */
+/* Append a latency in ms (rounded to the us), or null when there is no sample (-1). */
 static void
 json_ms(StringInfo buf, double ms)
 {
 	if (ms < 0)
 		appendStringInfoString(buf, "null");
 	else
-		appendStringInfo(buf, "%.3f", DbpoolRoundMs(ms));
+		appendStringInfo(buf, "%.3f", ms);
 }
 
 /* Append the non-empty buckets of a histogram: [{lower_ms, upper_ms, count}, ...]. */
@@ -82,26 +89,22 @@ json_buckets(StringInfo buf, const uint64 *count)
 
 /* Append one latency: percentiles over the window, then both histograms. */
 static void
-json_latency(StringInfo buf, const DbpoolHist *cumulative, const uint64 *window, uint64 window_n)
+json_latency(StringInfo buf, const DbpoolLatencyFigures *l)
 {
-	uint64		n = 0;
-	int			b;
+	int			i;
 
-	for (b = 0; b < DBPOOL_HIST_BUCKETS; b++)
-		n += cumulative->count[b];
-	appendStringInfo(buf, "{\"last_60s\":{\"count\":" UINT64_FORMAT, window_n);
-	appendStringInfoString(buf, ",\"p50_ms\":");
-	json_ms(buf, DbpoolHistPercentile(window, window_n, 0.50));
-	appendStringInfoString(buf, ",\"p95_ms\":");
-	json_ms(buf, DbpoolHistPercentile(window, window_n, 0.95));
-	appendStringInfoString(buf, ",\"p99_ms\":");
-	json_ms(buf, DbpoolHistPercentile(window, window_n, 0.99));
+	appendStringInfo(buf, "{\"last_60s\":{\"count\":" UINT64_FORMAT, l->window_n);
+	for (i = 0; i < DBPOOL_NUM_PERCENTILES; i++)
+	{
+		appendStringInfo(buf, ",\"%s\":", percentile_keys[i]);
+		json_ms(buf, l->window_ms[i]);
+	}
 	appendStringInfoString(buf, ",\"buckets\":");
-	json_buckets(buf, window);
+	json_buckets(buf, l->window);
 	appendStringInfo(buf, "},\"cumulative\":{\"count\":" UINT64_FORMAT ",\"sum_ms\":%.3f",
-					 n, cumulative->sum_us / 1000.0);
+					 l->cumulative_n, l->cumulative_sum_ms);
 	appendStringInfoString(buf, ",\"buckets\":");
-	json_buckets(buf, cumulative->count);
+	json_buckets(buf, l->cumulative);
 	appendStringInfoString(buf, "}}");
 }
 
@@ -150,48 +153,35 @@ json_connections(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, in
 	appendStringInfoChar(buf, '[');
 	for (i = 0; i < n; i++)
 	{
-		DbpoolConnEntry *e = (DbpoolConnEntry *) ((char *) entries +
-												  DbpoolShmem->conn_entry_stride * i);
-		bool		may_see = DbpoolMaySeeText(e->last_role);
-		int64		active_us = e->active_us;
+		DbpoolConnEntry *e = DbpoolConnEntryIn(entries, i);
+		DbpoolConnFigures f;
 
 		if (e->pool_slot != p->index || e->pool_id != p->pool_id)
 			continue;
-		if (e->state == DBPOOL_CONN_ACTIVE)
-			active_us += Max(now - e->state_since, 0);
+		DbpoolComputeConnFigures(e, now, &f);
 		if (!first)
 			appendStringInfoChar(buf, ',');
 		first = false;
 		appendStringInfo(buf, "{\"conn_id\":" UINT64_FORMAT ",\"state\":\"%s\"",
-						 e->conn_id, DbpoolConnStateName(e->state));
-		if (e->client_pid)
-			appendStringInfo(buf, ",\"client_pid\":%d", e->client_pid);
+						 f.conn_id, f.state);
+		if (f.client_pid)
+			appendStringInfo(buf, ",\"client_pid\":%d", f.client_pid);
 		else
 			appendStringInfoString(buf, ",\"client_pid\":null");
-		if (e->remote_pid)
-			appendStringInfo(buf, ",\"remote_pid\":%d", e->remote_pid);
+		if (f.remote_pid)
+			appendStringInfo(buf, ",\"remote_pid\":%d", f.remote_pid);
 		else
 			appendStringInfoString(buf, ",\"remote_pid\":null");
 		appendStringInfoString(buf, ",\"created_at\":");
-		json_time(buf, e->created_at);
+		json_time(buf, f.created_at);
 		appendStringInfoString(buf, ",\"state_since\":");
-		json_time(buf, e->state_since);
+		json_time(buf, f.state_since);
 		appendStringInfo(buf, ",\"active_seconds\":%.6f,\"queries_served\":" UINT64_FORMAT,
-						 active_us / 1000000.0, e->queries_served);
+						 f.active_seconds, f.queries_served);
 		appendStringInfoString(buf, ",\"last_query\":");
-		if (e->last_query[0] == '\0')
-			appendStringInfoString(buf, "null");
-		else if (may_see)
-			json_text(buf, e->last_query);
-		else
-			escape_json(buf, DBPOOL_INSUFFICIENT_PRIVILEGE);
+		json_string(buf, f.last_query);
 		appendStringInfoString(buf, ",\"last_error\":");
-		if (e->last_error[0] == '\0')
-			appendStringInfoString(buf, "null");
-		else if (DbpoolMaySeeText(e->last_error_role))
-			json_text(buf, e->last_error);
-		else
-			escape_json(buf, DBPOOL_INSUFFICIENT_PRIVILEGE);
+		json_string(buf, f.last_error);
 		appendStringInfoChar(buf, '}');
 	}
 	appendStringInfoChar(buf, ']');
@@ -201,53 +191,47 @@ json_connections(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, in
 static void
 json_pool(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, int nentries)
 {
-	DbpoolPoolStats *s = palloc(sizeof(DbpoolPoolStats));
-	DbpoolWindowFigures *w = palloc(sizeof(DbpoolWindowFigures));
-	static const int secs[] = {1, 10, 60};
-	TimestampTz now;
+	DbpoolPoolFigures *f = palloc(sizeof(DbpoolPoolFigures));
 	int			i;
 
-	DbpoolSlotStats(p, s);
-	now = GetCurrentTimestamp();
-	DbpoolWindowSum(s, now, w);
+	DbpoolReadPoolFigures(p, f);
 
 	appendStringInfoChar(buf, '{');
 	key(buf, "pool");
-	escape_json(buf, p->name);
-	appendStringInfo(buf, ",\"state\":\"%s\",\"stats_reset\":", DbpoolPoolStateName(p->state));
-	json_time(buf, s->stats_reset);
+	escape_json(buf, f->name);
+	appendStringInfo(buf, ",\"state\":\"%s\",\"stats_reset\":", DbpoolPoolStateName(f->state));
+	json_time(buf, f->stats_reset);
 	appendStringInfoString(buf, ",\"settings\":");
 	json_settings(buf, p);
 
 	appendStringInfo(buf, ",\"gauges\":{\"total_connections\":%d,\"active_connections\":%d,"
 					 "\"idle_connections\":%d,\"connecting_connections\":%d,\"max_size\":%d,"
 					 "\"connection_utilization\":%.6f,\"waiting_queue_length\":%d,\"oldest_wait_ms\":",
-					 s->total, s->active, s->idle, s->connecting, p->settings.max_size,
-					 p->settings.max_size > 0 ? (double) s->active / p->settings.max_size : 0,
-					 s->waiting);
-	json_ms(buf, s->oldest_wait_since ? Max(now - s->oldest_wait_since, 0) / 1000.0 : -1);
+					 f->total, f->active, f->idle, f->connecting, f->max_size,
+					 f->utilization, f->waiting);
+	json_ms(buf, f->oldest_wait_ms);
 	appendStringInfoString(buf, "},\"counters\":{");
 	for (i = 0; i < DBPOOL_NUM_COUNTERS; i++)
 		appendStringInfo(buf, "%s\"%s\":" UINT64_FORMAT, i ? "," : "",
-						 DbpoolCounterNames[i], s->counters[i]);
+						 DbpoolCounterNames[i], f->counters[i]);
 	appendStringInfoString(buf, "},\"rates\":{");
-	for (i = 0; i < (int) lengthof(secs); i++)
+	for (i = 0; i < DBPOOL_NUM_RATE_WINDOWS; i++)
 	{
-		double		qps,
-					eps;
+		const DbpoolRateFigures *r = &f->rates[i];
 
-		DbpoolRates(s, now, secs[i], &qps, &eps);
 		appendStringInfo(buf, "%s\"%ds\":{\"queries_per_second\":%.3f,\"errors_per_second\":%.3f,"
 						 "\"error_rate\":%.6f}",
-						 i ? "," : "", secs[i], qps, eps, qps > 0 ? eps / qps : 0);
+						 i ? "," : "", DbpoolRateWindowSecs[i], r->queries_per_second,
+						 r->errors_per_second, r->error_rate);
 	}
 	appendStringInfoString(buf, "},\"acquire_latency\":");
-	json_latency(buf, &s->acquire, w->acquire, w->acquire_n);
+	json_latency(buf, &f->acquire);
 	appendStringInfoString(buf, ",\"query_latency\":");
-	json_latency(buf, &s->query, w->query, w->query_n);
+	json_latency(buf, &f->query);
 	appendStringInfoString(buf, ",\"connections\":");
-	json_connections(buf, p, entries, nentries, now);
+	json_connections(buf, p, entries, nentries, f->now);
 	appendStringInfoChar(buf, '}');
+	pfree(f);
 }
 
 /*

@@ -4,7 +4,8 @@
  *		entry per outbound connection, and the slow-query ring.  The worker is
  *		the only writer of all three; backends read them through the
  *		Dbpool*Snapshot functions, which retry until they hold a consistent
- *		copy.  The rules are written at the top of stats.c.
+ *		copy, and derive their figures from it (figures.h).  The rules are
+ *		written at the top of stats.c.
  */
 #ifndef DBPOOL_STATS_H
 #define DBPOOL_STATS_H
@@ -120,7 +121,6 @@ typedef enum DbpoolConnShownState
 } DbpoolConnShownState;
 
 #define DBPOOL_LAST_ERROR_LEN	256
-#define DBPOOL_INSUFFICIENT_PRIVILEGE "<insufficient privilege>"	/* shown instead of a text */
 
 /* One outbound connection; the last query text (track_activity_query_size bytes) follows. */
 typedef struct DbpoolConnEntry
@@ -199,30 +199,6 @@ extern void DbpoolReadConsistent(pg_atomic_uint32 *cc, void *dst, const void *sr
 extern bool DbpoolPoolStatsSnapshot(int slot, uint64 pool_id, DbpoolPoolStats *copy);
 extern int	DbpoolConnSnapshot(DbpoolConnEntry **entries);
 extern int	DbpoolSlowSnapshot(DbpoolSlowEntry **entries);
-
-/* figures from a copy (stats.c) */
-typedef struct DbpoolWindowFigures
-{
-	uint64		acquire[DBPOOL_HIST_BUCKETS];
-	uint64		query[DBPOOL_HIST_BUCKETS];
-	uint64		acquire_n;
-	uint64		query_n;
-} DbpoolWindowFigures;
-
-extern void DbpoolWindowSum(const DbpoolPoolStats *s, TimestampTz now, DbpoolWindowFigures *w);
-extern double DbpoolHistPercentile(const uint64 *count, uint64 n, double p);
-extern void DbpoolRates(const DbpoolPoolStats *s, TimestampTz now, int secs,
-						double *qps, double *errors_per_sec);
-extern bool DbpoolMaySeeText(Oid role);
-extern const char *DbpoolConnStateName(DbpoolConnShownState state);
-
-/* helpers of the SQL functions (views.c) */
-extern const char *DbpoolPoolStateName(DbpoolPoolState state);
-extern Datum DbpoolUtf8TextDatum(const char *s);
-extern double DbpoolRoundMs(double ms);
-extern DbpoolPoolSlot *DbpoolFindSlot(DbpoolPoolSlot *slots, int n, const char *name,
-									  bool dropping);
-extern void DbpoolSlotStats(const DbpoolPoolSlot *slot, DbpoolPoolStats *copy);
 
 /* reset (views.c asks, the worker applies) */
 extern void DbpoolStatsApplyResets(void);

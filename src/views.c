@@ -3,15 +3,13 @@
  *		The functions behind dbpool's views (dbpool_pools, dbpool_metrics,
  *		dbpool_connections, dbpool_slow_queries) and dbpool_reset_stats().
  *		They read copies: the registry under its shared lock, the statistics
- *		through stats.c's consistent snapshots.
+ *		through stats.c's consistent snapshots; they render the figures
+ *		figures.c derives from those.
  */
 #include "postgres.h"
 
-#include <math.h>
-
 #include "fmgr.h"
 #include "funcapi.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -19,6 +17,7 @@
 #include "utils/tuplestore.h"
 
 #include "dbpool.h"
+#include "figures.h"
 #include "stats.h"
 
 PG_FUNCTION_INFO_V1(dbpool_pools);
@@ -27,37 +26,11 @@ PG_FUNCTION_INFO_V1(dbpool_connections);
 PG_FUNCTION_INFO_V1(dbpool_slow_queries);
 PG_FUNCTION_INFO_V1(dbpool_reset_stats);
 
-/* A pool state's SQL name. */
-const char *
-DbpoolPoolStateName(DbpoolPoolState state)
-{
-	switch (state)
-	{
-		case DBPOOL_POOL_CONNECTING:
-			return "connecting";
-		case DBPOOL_POOL_READY:
-			return "ready";
-		case DBPOOL_POOL_UNREACHABLE:
-			return "unreachable";
-		case DBPOOL_POOL_DROPPING:
-			return "dropping";
-	}
-	return "unknown";
-}
-
-/* UTF8 text from shared memory as a text Datum in the database encoding. */
-Datum
-DbpoolUtf8TextDatum(const char *s)
-{
-	return CStringGetTextDatum(pg_any_to_server(s, strlen(s), PG_UTF8));
-}
-
-/* Milliseconds rounded to the microsecond, the unit every latency is kept in. */
-double
-DbpoolRoundMs(double ms)
-{
-	return rint(ms * 1000.0) / 1000.0;
-}
+/* The columns of each function's rows, as dbpool--1.0.sql declares them. */
+#define DBPOOL_POOLS_FIXED_COLS		5	/* and one per setting */
+#define DBPOOL_METRICS_COLS			23
+#define DBPOOL_CONNECTIONS_COLS		11
+#define DBPOOL_SLOW_QUERIES_COLS	8
 
 /*
  * The registry slot of the live pool of that name; with dropping, of a pool
@@ -98,12 +71,37 @@ slot_by_id(DbpoolPoolSlot *slots, int n, int index, uint64 pool_id)
 	return NULL;
 }
 
-/* A pool's statistics; zeroes while the worker has not initialized them yet. */
-void
-DbpoolSlotStats(const DbpoolPoolSlot *slot, DbpoolPoolStats *copy)
+/*
+ * Start a set-returning function's rows: a materialized result whose rows
+ * must have ncols columns, then a copy of the registry as of the latest
+ * committed configuration change (*nslots slots).
+ */
+static DbpoolPoolSlot *
+begin_rows(FunctionCallInfo fcinfo, int ncols, int *nslots)
 {
-	if (!DbpoolPoolStatsSnapshot(slot->index, slot->pool_id, copy))
-		memset(copy, 0, sizeof(*copy));
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (rsinfo->setDesc->natts != ncols)
+		elog(ERROR, "incorrect number of output arguments");
+	DbpoolWaitForCommittedConfig();
+	return DbpoolRegistryCopy(nslots);
+}
+
+/* Add a row to a set-returning function's result; c: the columns set, all of them. */
+static void
+put_row(ReturnSetInfo *rsinfo, Datum *values, bool *nulls, int c)
+{
+	Assert(c == rsinfo->setDesc->natts);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/* A text Datum of s, or (*isnull) NULL when there is none. */
+static Datum
+text_or_null(const char *s, bool *isnull)
+{
+	*isnull = (s == NULL);
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
 /* dbpool_pools(): one row per pool, conninfo with its password masked. */
@@ -117,15 +115,14 @@ dbpool_pools(PG_FUNCTION_ARGS)
 				j;
 
 	DbpoolCheckLoaded();
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	copy = DbpoolRegistryCopy(&n);
+	Assert(DbpoolNumSettings <= DBPOOL_MAX_SETTINGS);
+	copy = begin_rows(fcinfo, DBPOOL_POOLS_FIXED_COLS + DbpoolNumSettings, &n);
 
 	for (i = 0; i < n; i++)
 	{
 		DbpoolPoolSlot *p = &copy[i];
-		Datum		values[5 + DBPOOL_MAX_SETTINGS];
-		bool		nulls[5 + DBPOOL_MAX_SETTINGS] = {0};
+		Datum		values[DBPOOL_POOLS_FIXED_COLS + DBPOOL_MAX_SETTINGS];
+		bool		nulls[DBPOOL_POOLS_FIXED_COLS + DBPOOL_MAX_SETTINGS] = {0};
 		int			c = 0;
 		char	   *owner = GetUserNameFromId(p->owner, true);
 
@@ -153,7 +150,7 @@ dbpool_pools(PG_FUNCTION_ARGS)
 		c++;
 		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(p->state));
 		values[c++] = TimestampTzGetDatum(p->created_at);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
@@ -165,7 +162,7 @@ put_ms(Datum *values, bool *nulls, int c, double ms)
 	if (ms < 0)
 		nulls[c] = true;
 	else
-		values[c] = Float8GetDatum(DbpoolRoundMs(ms));
+		values[c] = Float8GetDatum(ms);
 }
 
 /* dbpool_metrics(): one row per pool, the figures an operator looks at first. */
@@ -174,66 +171,50 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	DbpoolPoolSlot *slots;
-	DbpoolPoolStats *s = palloc(sizeof(DbpoolPoolStats));
-	DbpoolWindowFigures *w = palloc(sizeof(DbpoolWindowFigures));
+	DbpoolPoolFigures *f = palloc(sizeof(DbpoolPoolFigures));
 	int			n,
 				i;
 
 	DbpoolCheckLoaded();
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	slots = DbpoolRegistryCopy(&n);
+	slots = begin_rows(fcinfo, DBPOOL_METRICS_COLS, &n);
 
 	for (i = 0; i < n; i++)
 	{
-		DbpoolPoolSlot *p = &slots[i];
-		Datum		values[23];
-		bool		nulls[23] = {0};
-		TimestampTz now;
-		double		qps,
-					eps;
+		Datum		values[DBPOOL_METRICS_COLS];
+		bool		nulls[DBPOOL_METRICS_COLS] = {0};
+		const DbpoolRateFigures *minute;
 		int			c = 0;
 
-		DbpoolSlotStats(p, s);
-		now = GetCurrentTimestamp();
-		DbpoolWindowSum(s, now, w);
-		DbpoolRates(s, now, 60, &qps, &eps);
-
-		values[c++] = CStringGetTextDatum(p->name);
-		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(p->state));
-		values[c++] = Int32GetDatum(s->total);
-		values[c++] = Int32GetDatum(s->active);
-		values[c++] = Int32GetDatum(s->idle);
-		values[c++] = Int32GetDatum(p->settings.max_size);
-		values[c++] = Float8GetDatum(p->settings.max_size > 0 ?
-									 (double) s->active / p->settings.max_size : 0);
-		values[c++] = Int32GetDatum(s->waiting);
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->acquire, w->acquire_n, 0.50));
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->acquire, w->acquire_n, 0.99));
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_QUERIES]);
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_ERRORS]);
-		values[c++] = Float8GetDatum(qps);
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.50));
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.95));
-		put_ms(values, nulls, c++, DbpoolHistPercentile(w->query, w->query_n, 0.99));
-		values[c++] = Float8GetDatum(qps > 0 ? eps / qps : 0);
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_SLOW]);
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_ACQUIRE_TIMEOUTS] +
-									s->counters[DBPOOL_C_QUERY_TIMEOUTS]);
-		if (s->stats_reset)
-			values[c] = TimestampTzGetDatum(s->stats_reset);
+		DbpoolReadPoolFigures(&slots[i], f);
+		minute = &f->rates[DBPOOL_RATE_60S];
+		values[c++] = CStringGetTextDatum(f->name);
+		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(f->state));
+		values[c++] = Int32GetDatum(f->total);
+		values[c++] = Int32GetDatum(f->active);
+		values[c++] = Int32GetDatum(f->idle);
+		values[c++] = Int32GetDatum(f->max_size);
+		values[c++] = Float8GetDatum(f->utilization);
+		values[c++] = Int32GetDatum(f->waiting);
+		put_ms(values, nulls, c++, f->acquire.window_ms[DBPOOL_P50]);
+		put_ms(values, nulls, c++, f->acquire.window_ms[DBPOOL_P99]);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_QUERIES]);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_ERRORS]);
+		values[c++] = Float8GetDatum(minute->queries_per_second);
+		put_ms(values, nulls, c++, f->query.window_ms[DBPOOL_P50]);
+		put_ms(values, nulls, c++, f->query.window_ms[DBPOOL_P95]);
+		put_ms(values, nulls, c++, f->query.window_ms[DBPOOL_P99]);
+		values[c++] = Float8GetDatum(minute->error_rate);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_SLOW]);
+		values[c++] = Int64GetDatum(f->timeouts);
+		if (f->stats_reset)
+			values[c] = TimestampTzGetDatum(f->stats_reset);
 		else
 			nulls[c] = true;
 		c++;
-		values[c++] = Int32GetDatum(s->connecting);
-		if (s->oldest_wait_since)
-			values[c] = Float8GetDatum(DbpoolRoundMs(Max(now - s->oldest_wait_since, 0) / 1000.0));
-		else
-			nulls[c] = true;
-		c++;
-		values[c++] = Int64GetDatum(s->counters[DBPOOL_C_CANCELS]);
-		Assert(c == lengthof(values));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		values[c++] = Int32GetDatum(f->connecting);
+		put_ms(values, nulls, c++, f->oldest_wait_ms);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_CANCELS]);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
@@ -251,51 +232,38 @@ dbpool_connections(PG_FUNCTION_ARGS)
 	TimestampTz now;
 
 	DbpoolCheckLoaded();
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	slots = DbpoolRegistryCopy(&nslots);
+	slots = begin_rows(fcinfo, DBPOOL_CONNECTIONS_COLS, &nslots);
 	n = DbpoolConnSnapshot(&entries);
 	now = GetCurrentTimestamp();
 
 	for (i = 0; i < n; i++)
 	{
-		DbpoolConnEntry *e = (DbpoolConnEntry *) ((char *) entries +
-												  DbpoolShmem->conn_entry_stride * i);
+		DbpoolConnEntry *e = DbpoolConnEntryIn(entries, i);
 		DbpoolPoolSlot *p = slot_by_id(slots, nslots, e->pool_slot, e->pool_id);
-		Datum		values[11];
-		bool		nulls[11] = {0};
-		bool		may_see = DbpoolMaySeeText(e->last_role);
-		int64		active_us = e->active_us;
+		DbpoolConnFigures f;
+		Datum		values[DBPOOL_CONNECTIONS_COLS];
+		bool		nulls[DBPOOL_CONNECTIONS_COLS] = {0};
 		int			c = 0;
 
 		if (p == NULL)
 			continue;			/* its pool is gone */
-		if (e->state == DBPOOL_CONN_ACTIVE)
-			active_us += Max(now - e->state_since, 0);
+		DbpoolComputeConnFigures(e, now, &f);
 		values[c++] = CStringGetTextDatum(p->name);
-		values[c++] = Int64GetDatum(e->conn_id);
-		values[c++] = CStringGetTextDatum(DbpoolConnStateName(e->state));
-		values[c] = Int32GetDatum(e->client_pid);
-		nulls[c++] = e->client_pid == 0;
-		values[c] = Int32GetDatum(e->remote_pid);
-		nulls[c++] = e->remote_pid == 0;
-		values[c++] = TimestampTzGetDatum(e->created_at);
-		values[c++] = TimestampTzGetDatum(e->state_since);
-		values[c++] = Float8GetDatum(active_us / 1000000.0);
-		values[c++] = Int64GetDatum(e->queries_served);
-		if (e->last_query[0] == '\0')
-			nulls[c] = true;
-		else
-			values[c] = may_see ? DbpoolUtf8TextDatum(e->last_query) :
-				CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
+		values[c++] = Int64GetDatum(f.conn_id);
+		values[c++] = CStringGetTextDatum(f.state);
+		values[c] = Int32GetDatum(f.client_pid);
+		nulls[c++] = f.client_pid == 0;
+		values[c] = Int32GetDatum(f.remote_pid);
+		nulls[c++] = f.remote_pid == 0;
+		values[c++] = TimestampTzGetDatum(f.created_at);
+		values[c++] = TimestampTzGetDatum(f.state_since);
+		values[c++] = Float8GetDatum(f.active_seconds);
+		values[c++] = Int64GetDatum(f.queries_served);
+		values[c] = text_or_null(f.last_query, &nulls[c]);
 		c++;
-		if (e->last_error[0] == '\0')
-			nulls[c] = true;
-		else
-			values[c] = DbpoolMaySeeText(e->last_error_role) ? DbpoolUtf8TextDatum(e->last_error) :
-				CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
+		values[c] = text_or_null(f.last_error, &nulls[c]);
 		c++;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
@@ -344,9 +312,7 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("lim must not be negative")));
 	}
-	InitMaterializedSRF(fcinfo, 0);
-	DbpoolWaitForCommittedConfig();
-	slots = DbpoolRegistryCopy(&nslots);
+	slots = begin_rows(fcinfo, DBPOOL_SLOW_QUERIES_COLS, &nslots);
 	if (by_pool && !PG_ARGISNULL(0))
 		only = DbpoolFindSlot(slots, nslots, text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
 
@@ -381,14 +347,13 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 	for (i = 0; i < nkeep && (lim < 0 || i < lim); i++)
 	{
 		DbpoolSlowEntry *e = keep[i];
-		Datum		values[8];
-		bool		nulls[8] = {0};
+		Datum		values[DBPOOL_SLOW_QUERIES_COLS];
+		bool		nulls[DBPOOL_SLOW_QUERIES_COLS] = {0};
 		char	   *role = GetUserNameFromId(e->role, true);
 		int			c = 0;
 
 		values[c++] = CStringGetTextDatum(e->pool);
-		values[c++] = DbpoolMaySeeText(e->role) ? DbpoolUtf8TextDatum(e->query) :
-			CStringGetTextDatum(DBPOOL_INSUFFICIENT_PRIVILEGE);
+		values[c++] = CStringGetTextDatum(DbpoolShownText(e->query, e->role));
 		values[c++] = Float8GetDatum(DbpoolRoundMs(e->duration_us / 1000.0));
 		values[c++] = TimestampTzGetDatum(e->started_at);
 		values[c++] = Int32GetDatum(e->client_pid);
@@ -403,7 +368,7 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 		else
 			nulls[c] = true;
 		c++;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
 }
