@@ -9,8 +9,8 @@
  *	- the postmaster, at load: dbpool.c (GUCs, hooks, worker registration)
  *	  and shmem.c;
  *	- client backends: query.c and channel.c (a query's backend half),
- *	  sync.c (waits on the worker), admin.c (administration), views.c and
- *	  detail.c (the SQL face of the statistics);
+ *	  sync.c (waits on the worker), admin.c (administration), figures.c
+ *	  (derived figures), views.c and detail.c (their SQL renderers);
  *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
  *	  config.c (reading the configuration, reconciling), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
