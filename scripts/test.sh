@@ -7,7 +7,7 @@
 #     postgres with warnings as errors, installs as root;
 #  3. runs, as postgres, `make installcheck`: the pg_regress suite (sql/, expected/; its own
 #     temporary instance on port 25431), then the TAP suite (test/t/*.pl, servers on fixed
-#     ports 25500-25699 and Unix sockets).  The two suites run as two `make installcheck`
+#     ports 25500-25709 and Unix sockets).  The two suites run as two `make installcheck`
 #     invocations (the other suite switched off) so that one failing does not hide the other;
 #  4. on failure prints regression.diffs and the tails of the logs of the failing TAP files;
 #  5. ends with one line "N passed, M failed": N and M count pg_regress tests plus TAP

@@ -82,29 +82,18 @@ send_query(WorkerConn *conn, WorkerChannel *ch, bool unnamed)
 	return true;
 }
 
-/* Run ch's request on this idle connection. */
-void
-DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
+/*
+ * Send ch's request: through the statement cache's PREPARE when it says so,
+ * else the query itself.  False if the connection broke (the client is
+ * answered and the connection closed).
+ */
+static bool
+send_request(WorkerConn *conn, WorkerChannel *ch)
 {
 	WorkerPool *pool = conn->pool;
 	StmtEntry  *e;
 	bool		ok;
 
-	Assert(conn->state == CONN_IDLE);
-	conn->ch = ch;
-	ch->conn = conn;
-	ch->state = REQ_RUNNING;
-	conn->requests_served++;
-	conn->orphaned = false;
-	conn->result_started = false;
-	conn->status[0] = '\0';
-	conn->rows = 0;
-	conn->preparing = conn->stmt_retry = conn->stmt_lost = false;
-	resetStringInfo(&conn->error);
-	conn->state = CONN_ACTIVE;
-	conn->state_since = ch->started_at = GetCurrentTimestamp();
-	DbpoolStatsAcquired(ch);
-	DbpoolStatsConnQuery(conn, ch);
 	/* a lowered dbpool.statement_cache_size applies to every connection that serves */
 	DbpoolStmtTrim(&conn->stmts, Max(DbpoolStatementCacheSize, 0));
 	e = conn->stmt = DbpoolStmtForRequest(&conn->stmts, pool->stmt_cache_allowed,
@@ -127,10 +116,60 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 							  psprintf("could not send the query to pool \"%s\"", pool->name),
 							  DbpoolConnErrorText(conn), NULL);
 		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
-		return;
 	}
+	return ok;
+}
+
+/*
+ * Run ch's request on this idle connection.  A connection that last served
+ * another local role is reset first (conn_reset.c's role reset; the request
+ * follows in role_reset_done), so that no role meets another's session state.
+ */
+void
+DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
+{
+	WorkerPool *pool = conn->pool;
+
+	Assert(conn->state == CONN_IDLE);
+	conn->ch = ch;
+	ch->conn = conn;
+	ch->state = REQ_RUNNING;
+	conn->requests_served++;
+	conn->orphaned = false;
+	conn->result_started = false;
+	conn->status[0] = '\0';
+	conn->rows = 0;
+	conn->preparing = conn->role_reset = conn->stmt_retry = conn->stmt_lost = false;
+	conn->stmt = NULL;
+	resetStringInfo(&conn->error);
+	conn->state = CONN_ACTIVE;
+	conn->state_since = ch->started_at = GetCurrentTimestamp();
+	DbpoolStatsAcquired(ch);
+	DbpoolStatsConnQuery(conn, ch);
 	conn->deadline = pool->settings.query_timeout_ms > 0 ?
 		TimestampTzPlusMilliseconds(conn->state_since, pool->settings.query_timeout_ms) : 0;
+	if (OidIsValid(conn->served_role) && conn->served_role != ch->req.user)
+	{
+		char	   *sql = DbpoolConnRoleResetSQL(conn);
+
+		conn->role_reset = true;
+		if (!DbpoolConnFlushSent(conn, PQsendQuery(conn->pg, sql)))
+		{
+			pfree(sql);
+			DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
+								  psprintf("could not reset a connection of pool \"%s\"", pool->name),
+								  DbpoolConnErrorText(conn), NULL);
+			DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
+			return;
+		}
+		pfree(sql);
+	}
+	else
+	{
+		conn->served_role = ch->req.user;
+		if (!send_request(conn, ch))
+			return;
+	}
 	DbpoolWorkerDeadline(conn->deadline);
 }
 
@@ -346,6 +385,45 @@ prepare_done(WorkerConn *conn)
 	return true;
 }
 
+/*
+ * The role reset before a request ended: forget the statement cache (the
+ * server deallocated everything) and send the request.  A reset that failed
+ * or whose client left meanwhile closes the connection: what it did is not
+ * known.  False if the connection left the request.
+ */
+static bool
+role_reset_done(WorkerConn *conn)
+{
+	WorkerChannel *ch = conn->ch;
+
+	conn->role_reset = false;
+	DbpoolStmtFree(&conn->stmts);
+	DbpoolStmtInit(&conn->stmts);
+	conn->served_role = InvalidOid;
+	if (conn->error.len > 0 || PQtransactionStatus(conn->pg) != PQTRANS_IDLE || ch == NULL)
+	{
+		if (ch)
+		{
+			DbpoolErrorFields e = {0};
+
+			if (conn->error.len > 0)
+				DbpoolProtoErrorOf(&conn->error, &e);
+			DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
+								  psprintf("could not reset a connection of pool \"%s\" for another role",
+										   conn->pool->name),
+								  e.message, NULL);
+			DbpoolChannelReply(ch);
+		}
+		elog(LOG, "dbpool: closing a connection of pool \"%s\": its role reset %s",
+			 conn->pool->name, ch ? "failed" : "was interrupted");
+		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
+		return false;
+	}
+	resetStringInfo(&conn->error);
+	conn->served_role = ch->req.user;
+	return send_request(conn, ch);
+}
+
 /* Read what the server sent for a request or a cleanup step, and act on it. */
 void
 DbpoolConnProcessResults(WorkerConn *conn)
@@ -392,6 +470,12 @@ DbpoolConnProcessResults(WorkerConn *conn)
 		res = PQgetResult(pg);
 		if (res == NULL)
 		{
+			if (conn->role_reset)
+			{
+				if (role_reset_done(conn))
+					continue;
+				return;
+			}
 			if (conn->preparing)
 			{
 				if (prepare_done(conn))
@@ -404,12 +488,12 @@ DbpoolConnProcessResults(WorkerConn *conn)
 				DbpoolConnResetStepDone(conn);
 			return;
 		}
-		if (conn->preparing || conn->state != CONN_ACTIVE)
+		if (conn->preparing || conn->role_reset || conn->state != CONN_ACTIVE)
 		{
-			/* a PREPARE's or a cleanup step's result: only an error matters */
+			/* a PREPARE's, a role reset's or a cleanup step's result: only an error matters */
 			if (PQresultStatus(res) == PGRES_FATAL_ERROR && conn->error.len == 0)
 				DbpoolProtoPutRemoteError(&conn->error, res);
-			else if (!conn->preparing &&
+			else if (!conn->preparing && !conn->role_reset &&
 					 (PQresultStatus(res) == PGRES_COPY_IN || PQresultStatus(res) == PGRES_COPY_OUT ||
 					  PQresultStatus(res) == PGRES_COPY_BOTH))
 			{

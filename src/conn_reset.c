@@ -135,6 +135,27 @@ settings_sql(WorkerConn *conn)
 	return sql.data;
 }
 
+/*
+ * The role reset, run before a request of another local role than the one
+ * the connection last served: what DISCARD ALL does, step by step so that it
+ * can share one round trip (DISCARD ALL itself must be a query of its own),
+ * then the settings the connection keeps.  Functions are schema-qualified:
+ * search_path is the caller's until RESET ALL.
+ */
+char *
+DbpoolConnRoleResetSQL(WorkerConn *conn)
+{
+	char	   *settings = settings_sql(conn);
+	char	   *sql = psprintf("CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; "
+							   "DEALLOCATE ALL; UNLISTEN *; "
+							   "SELECT pg_catalog.pg_advisory_unlock_all(); "
+							   "DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; %s",
+							   settings);
+
+	pfree(settings);
+	return sql;
+}
+
 /* The cleanup step after step (CLEANUP_NONE: the request itself); CLEANUP_NONE when clean. */
 static CleanupStep
 next_step(WorkerConn *conn, CleanupStep step)

@@ -92,6 +92,30 @@ DbpoolPoolGrow(WorkerPool *pool)
 	}
 }
 
+/*
+ * The idle connection to give a request of role: the most recently used one
+ * that last served that role, else one that needs no role reset (new or just
+ * reset), else the most recently used.  A workload of one role never pays
+ * for the role reset.
+ */
+static WorkerConn *
+idle_for_role(WorkerPool *pool, Oid role)
+{
+	WorkerConn *fresh = NULL;
+	dlist_iter	it;
+
+	dlist_foreach(it, &pool->idle)
+	{
+		WorkerConn *conn = dlist_container(WorkerConn, idle_node, it.cur);
+
+		if (conn->served_role == role)
+			return conn;
+		if (fresh == NULL && !OidIsValid(conn->served_role))
+			fresh = conn;
+	}
+	return fresh ? fresh : dlist_container(WorkerConn, idle_node, dlist_head_node(&pool->idle));
+}
+
 /* Hand the request to an idle connection, or queue it (FIFO) and grow. */
 void
 DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
@@ -103,9 +127,9 @@ DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
 	ch->counted = false;
 	if (dlist_is_empty(&pool->waiters) && pool->nidle > 0)
 	{
-		WorkerConn *conn = dlist_container(WorkerConn, idle_node,
-										   dlist_pop_head_node(&pool->idle));
+		WorkerConn *conn = idle_for_role(pool, ch->req.user);
 
+		dlist_delete(&conn->idle_node);
 		conn->on_idle_list = false;
 		pool->nidle--;
 		DbpoolConnStart(conn, ch);

@@ -165,6 +165,9 @@ struct WorkerConn
 	StmtCache	stmts;
 	StmtEntry  *stmt;			/* the current request's entry, NULL if none */
 	bool		preparing;		/* its PREPARE is in flight; the query follows */
+	bool		role_reset;		/* its role reset is in flight; the request follows */
+	Oid			served_role;	/* local role of the last request since the last role
+								 * reset; InvalidOid if none */
 	bool		stmt_retry;		/* it failed at Bind: run it again unnamed */
 	bool		stmt_lost;		/* ... because the server no longer has it */
 };
@@ -272,6 +275,7 @@ extern void DbpoolConnFailRequest(WorkerConn *conn, int sqlerrcode, int also,
 extern int	DbpoolAwaitingCancels;
 extern void DbpoolConnSetUp(WorkerConn *conn);
 extern const char *DbpoolConnReportedStyle(WorkerConn *conn, const char *name);
+extern char *DbpoolConnRoleResetSQL(WorkerConn *conn);
 extern void DbpoolConnResetStart(WorkerConn *conn, PGTransactionStatusType ts);
 extern void DbpoolConnResetStepDone(WorkerConn *conn);
 extern bool DbpoolConnPollCancel(WorkerConn *conn);
