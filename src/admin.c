@@ -26,6 +26,7 @@
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 
 #include "dbpool.h"
 
@@ -214,6 +215,31 @@ set_text_setting(DbpoolSettings *s, const DbpoolSettingDesc *d, const char *v)
 	strlcpy(DbpoolSettingText(s, d), v, DBPOOL_TEXT_SETTING_LEN);
 }
 
+/*
+ * The number of pools in the configuration table, exactly: the table is
+ * locked against other writers until this transaction ends (its lock
+ * conflicts with itself and with INSERT and DELETE), and the rows are
+ * counted with a snapshot taken after the lock, so that under REPEATABLE READ
+ * too a pool another transaction committed meanwhile is counted.  Needs
+ * spi_begin.
+ */
+static int64
+count_pools_locked(void)
+{
+	char	   *table = ext_table("dbpool_config");
+	SPIPlanPtr	plan;
+	bool		isnull;
+
+	spi_run(psprintf("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE", table),
+			0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	plan = SPI_prepare(psprintf("SELECT count(*) FROM %s", table), 0, NULL);
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "dbpool: could not count the pools");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /* Write name, conninfo and settings: INSERT (owner given) or UPDATE. */
 static uint64
 write_pool(const char *name, const char *conninfo, const DbpoolSettings *s, Oid owner)
@@ -281,8 +307,6 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 	char	   *conninfo;
 	DbpoolSettings s;
 	AdminSpi	spi;
-	bool		isnull;
-	int64		count;
 	int			i;
 
 	DbpoolCheckLoaded();
@@ -312,10 +336,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 
 	/* from here on SPI runs as the bootstrap superuser: the caller is spi.saved_user */
 	spi_begin(&spi);
-	spi_run(psprintf("SELECT count(*) FROM %s", ext_table("dbpool_config")),
-			0, NULL, NULL, NULL, SPI_OK_SELECT);
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (count >= DbpoolMaxPools)
+	if (count_pools_locked() >= DbpoolMaxPools)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("cannot create pool \"%s\": dbpool.max_pools (%d) pools exist", name,
