@@ -90,6 +90,35 @@ DbpoolCheckConfigDatabase(void)
 						 DbpoolDatabase)));
 }
 
+/*
+ * Error context callback of the functions that take a conninfo: whatever
+ * they report (their own errors, PostgreSQL's inside them, at any level)
+ * leaves the statement, which may hold a password, out of the server log's
+ * STATEMENT line.
+ */
+static void
+hide_statement(void *arg)
+{
+	errhidestmt(true);
+}
+
+/* Start hiding the statement from the log (hide_statement) until hide_end. */
+static void
+hide_begin(ErrorContextCallback *cb)
+{
+	cb->callback = hide_statement;
+	cb->arg = NULL;
+	cb->previous = error_context_stack;
+	error_context_stack = cb;
+}
+
+/* Undo hide_begin (an error unwinds the context stack by itself). */
+static void
+hide_end(ErrorContextCallback *cb)
+{
+	error_context_stack = cb->previous;
+}
+
 /* A text argument that must not be NULL. */
 static char *
 text_arg(FunctionCallInfo fcinfo, int n, const char *what)
@@ -307,8 +336,10 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 	char	   *conninfo;
 	DbpoolSettings s;
 	AdminSpi	spi;
+	ErrorContextCallback hide;
 	int			i;
 
+	hide_begin(&hide);
 	DbpoolCheckLoaded();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
@@ -347,6 +378,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pool \"%s\" already exists", name)));
 	spi_end(&spi);
+	hide_end(&hide);
 	PG_RETURN_VOID();
 }
 
@@ -386,7 +418,9 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	uint64		n,
 				r;
 	int			i;
+	ErrorContextCallback hide;
 
+	hide_begin(&hide);
 	DbpoolCheckLoaded();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
@@ -492,6 +526,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	DbpoolValidateConninfo(conninfo, superuser_arg(owner));
 	write_pool(name, conninfo, &s, InvalidOid);
 	spi_end(&spi);
+	hide_end(&hide);
 	PG_RETURN_VOID();
 }
 
