@@ -115,7 +115,9 @@ SELECT * FROM dbpool_query('regress', $$SELECT count(*) FROM pg_stat_activity WH
   AS t(n bigint);
 
 -- a caller that changes how values print does not poison the connection for the next one
-SELECT dbpool_exec('noreset', 'SET datestyle = ''SQL, DMY''; SET intervalstyle = sql_standard; SET client_encoding = LATIN1');
+SELECT dbpool_exec('noreset', 'SET datestyle = ''SQL, DMY''; SET intervalstyle = sql_standard');
+-- changing client_encoding fails the call (its results would not be UTF8); it is set back too
+SELECT dbpool_exec('noreset', 'SET client_encoding = LATIN1');
 SELECT d, extract(month FROM d) AS month, extract(day FROM i) AS days, u
   FROM dbpool_query('noreset', $$SELECT '2024-02-03'::date, '-1 day +02:00:00'::interval, 'é'::text$$)
   AS t(d date, i interval, u text);

@@ -26,6 +26,7 @@
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 
 #include "dbpool.h"
 
@@ -87,6 +88,35 @@ DbpoolCheckConfigDatabase(void)
 				 errmsg("pools can only be administered in database \"%s\"", DbpoolDatabase),
 				 errhint("Connect to database \"%s\" (the dbpool.database setting) to create, alter or drop pools.",
 						 DbpoolDatabase)));
+}
+
+/*
+ * Error context callback of the functions that take a conninfo: whatever
+ * they report (their own errors, PostgreSQL's inside them, at any level)
+ * leaves the statement, which may hold a password, out of the server log's
+ * STATEMENT line.
+ */
+static void
+hide_statement(void *arg)
+{
+	errhidestmt(true);
+}
+
+/* Start hiding the statement from the log (hide_statement) until hide_end. */
+static void
+hide_begin(ErrorContextCallback *cb)
+{
+	cb->callback = hide_statement;
+	cb->arg = NULL;
+	cb->previous = error_context_stack;
+	error_context_stack = cb;
+}
+
+/* Undo hide_begin (an error unwinds the context stack by itself). */
+static void
+hide_end(ErrorContextCallback *cb)
+{
+	error_context_stack = cb->previous;
 }
 
 /* A text argument that must not be NULL. */
@@ -214,6 +244,31 @@ set_text_setting(DbpoolSettings *s, const DbpoolSettingDesc *d, const char *v)
 	strlcpy(DbpoolSettingText(s, d), v, DBPOOL_TEXT_SETTING_LEN);
 }
 
+/*
+ * The number of pools in the configuration table, exactly: the table is
+ * locked against other writers until this transaction ends (its lock
+ * conflicts with itself and with INSERT and DELETE), and the rows are
+ * counted with a snapshot taken after the lock, so that under REPEATABLE READ
+ * too a pool another transaction committed meanwhile is counted.  Needs
+ * spi_begin.
+ */
+static int64
+count_pools_locked(void)
+{
+	char	   *table = ext_table("dbpool_config");
+	SPIPlanPtr	plan;
+	bool		isnull;
+
+	spi_run(psprintf("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE", table),
+			0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	plan = SPI_prepare(psprintf("SELECT count(*) FROM %s", table), 0, NULL);
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "dbpool: could not count the pools");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /* Write name, conninfo and settings: INSERT (owner given) or UPDATE. */
 static uint64
 write_pool(const char *name, const char *conninfo, const DbpoolSettings *s, Oid owner)
@@ -281,10 +336,10 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 	char	   *conninfo;
 	DbpoolSettings s;
 	AdminSpi	spi;
-	bool		isnull;
-	int64		count;
+	ErrorContextCallback hide;
 	int			i;
 
+	hide_begin(&hide);
 	DbpoolCheckLoaded();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
@@ -312,10 +367,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 
 	/* from here on SPI runs as the bootstrap superuser: the caller is spi.saved_user */
 	spi_begin(&spi);
-	spi_run(psprintf("SELECT count(*) FROM %s", ext_table("dbpool_config")),
-			0, NULL, NULL, NULL, SPI_OK_SELECT);
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (count >= DbpoolMaxPools)
+	if (count_pools_locked() >= DbpoolMaxPools)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("cannot create pool \"%s\": dbpool.max_pools (%d) pools exist", name,
@@ -326,6 +378,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pool \"%s\" already exists", name)));
 	spi_end(&spi);
+	hide_end(&hide);
 	PG_RETURN_VOID();
 }
 
@@ -365,7 +418,9 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	uint64		n,
 				r;
 	int			i;
+	ErrorContextCallback hide;
 
+	hide_begin(&hide);
 	DbpoolCheckLoaded();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
@@ -471,6 +526,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	DbpoolValidateConninfo(conninfo, superuser_arg(owner));
 	write_pool(name, conninfo, &s, InvalidOid);
 	spi_end(&spi);
+	hide_end(&hide);
 	PG_RETURN_VOID();
 }
 

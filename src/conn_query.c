@@ -15,6 +15,7 @@
  */
 #include "postgres.h"
 
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "utils/timestamp.h"
@@ -204,6 +205,38 @@ DbpoolConnOrphan(WorkerConn *conn)
 	SetLatch(MyLatch);
 }
 
+/*
+ * Whether the foreign server reports a client_encoding other than UTF8: the
+ * request changed it (SET, set_config), and the texts it sends are no longer
+ * UTF8.  libpq's encoding number is the cheap test, made for every result; a
+ * server that never reported client_encoding has not changed it.
+ */
+static bool
+encoding_changed(WorkerConn *conn)
+{
+	const char *ce;
+
+	if (PQclientEncoding(conn->pg) == PG_UTF8)
+		return false;
+	ce = PQparameterStatus(conn->pg, "client_encoding");
+	return ce != NULL && strcmp(ce, "UTF8") != 0;
+}
+
+/*
+ * The 0A000 error's texts for a request that changed client_encoding.  The
+ * value is the server's, shown only if it looks like an encoding name.
+ */
+static void
+encoding_error(WorkerConn *conn, char **message, char **detail, const char **hint)
+{
+	const char *ce = DbpoolConnReportedStyle(conn, "client_encoding");
+
+	*message = psprintf("the query changed client_encoding on pool \"%s\"", conn->pool->name);
+	*detail = psprintf("The foreign server now sends text in %s, but dbpool reads every result as UTF8 (it converts to this database's encoding itself). The call's results were discarded, and the connection is set back to UTF8.",
+					   ce ? ce : "another encoding");
+	*hint = "Remove the client_encoding change (SET client_encoding, set_config) from the query.";
+}
+
 /* Answer the client with the error record in conn->error, and let go of it. */
 static void
 answer_error(WorkerConn *conn, WorkerChannel *ch)
@@ -238,6 +271,19 @@ request_done(WorkerConn *conn)
 		if (!send_query(conn, ch, true))
 			conn_broken(conn);
 		return;
+	}
+	if (ch && encoding_changed(conn))
+	{
+		char	   *message;
+		char	   *detail;
+		const char *hint;
+
+		/* it replaces any other error, and the rows still buffered are never sent */
+		encoding_error(conn, &message, &detail, &hint);
+		resetStringInfo(&ch->out);
+		resetStringInfo(&conn->error);
+		DbpoolProtoPutError(&conn->error, ERRCODE_FEATURE_NOT_SUPPORTED, message, detail, hint,
+							NULL);
 	}
 	if (ch)
 	{
@@ -301,6 +347,18 @@ handle_result(WorkerConn *conn, PGresult *res)
 	bool		rows = ch && ch->req.kind == DBPOOL_REQ_QUERY;
 	int			i;
 
+	if (ch && encoding_changed(conn))
+	{
+		char	   *message;
+		char	   *detail;
+		const char *hint;
+
+		/* reported before the request's end (servers before 14): relay nothing more */
+		encoding_error(conn, &message, &detail, &hint);
+		DbpoolConnFailRequest(conn, ERRCODE_FEATURE_NOT_SUPPORTED, -1, message, detail, hint);
+		DbpoolConnOrphan(conn);	/* cancel and drain the rest; cleanup sets UTF8 back */
+		return true;
+	}
 	switch (PQresultStatus(res))
 	{
 		case PGRES_SINGLE_TUPLE:

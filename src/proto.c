@@ -194,18 +194,23 @@ DbpoolProtoPutError(StringInfo buf, int sqlerrcode, const char *message, const c
 
 /*
  * The SQLSTATE a foreign server reported, as an ERRCODE_* value: five
- * characters of [0-9A-Z], else XX000 (libpq's own errors have none).
+ * characters of [0-9A-Z].  None at all is an error libpq made itself (the
+ * connection broke, the server broke the protocol, out of memory): 08006, as
+ * postgres_fdw and dblink report them.  Anything else is a server breaking
+ * the protocol: 08P01.
  */
 static int
 remote_sqlerrcode(const char *s)
 {
 	int			i;
 
-	if (s == NULL || strlen(s) != 5)
-		return ERRCODE_INTERNAL_ERROR;
+	if (s == NULL)
+		return ERRCODE_CONNECTION_FAILURE;
+	if (strlen(s) != 5)
+		return ERRCODE_PROTOCOL_VIOLATION;
 	for (i = 0; i < 5; i++)
 		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'Z')))
-			return ERRCODE_INTERNAL_ERROR;
+			return ERRCODE_PROTOCOL_VIOLATION;
 	return MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4]);
 }
 

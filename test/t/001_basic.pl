@@ -161,8 +161,8 @@ query_ok($l, q{SELECT dbpool_exec('enc', 'SET IntervalStyle = ''sql_standard''')
 	'a caller changes IntervalStyle on the remote session');
 query_ok($l, q{SELECT i = interval '-1 day -2 hours' FROM dbpool_query('enc', $$SELECT interval '-1 day -2 hours'$$) AS t(i interval)},
 	't', 'the next call still reads intervals right');
-query_ok($l, q{SELECT dbpool_exec('enc', 'SET client_encoding = ''LATIN1''')}, 'SET',
-	'a caller changes client_encoding on the remote session');
+query_fails($l, q{SELECT dbpool_exec('enc', 'SET client_encoding = ''LATIN1''')}, '0A000',
+	qr/changed client_encoding/, 'a caller that changes client_encoding on the remote session fails');
 query_ok($l, q{SELECT v = 'caf' || chr(233), length(v) FROM dbpool_query('enc', 'SELECT v FROM kv WHERE id = 10') AS t(v text)},
 	't|4', 'the next call still reads text right');
 
