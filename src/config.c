@@ -164,6 +164,8 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 		pool->conninfo_gen++;	/* its connections passed a check the owner would not now */
 	if (conninfo_changed)
 	{
+		/* connections still looking up the old host names go */
+		DbpoolConnForgetLookup(pool);
 		if (pool->conninfo)
 			pfree(pool->conninfo);
 		pool->conninfo = MemoryContextStrdup(DbpoolWorkerContext, cfg->conninfo);

@@ -46,6 +46,9 @@
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
 #define DBPOOL_LOG_INTERVAL_MS	60000	/* repeated log lines: at most once a minute */
 #define DBPOOL_STYLE_LEN		64		/* room for a DateStyle or IntervalStyle value */
+#define DBPOOL_MAX_LOOKUPS		64		/* host name lookup threads at once, all pools */
+#define DBPOOL_MAX_LOOKUP_ADDRS	16		/* addresses of one host name that are tried */
+#define DBPOOL_LOOKUP_MAX_AGE_MS 60000	/* a lookup older than this is not joined */
 
 /* GUCs (dbpool.c) */
 extern char *DbpoolDatabase;
@@ -109,6 +112,17 @@ typedef struct DbpoolConnParams
 	const char **keywords;		/* NULL if the conninfo does not parse */
 	const char **values;
 	int			connect_timeout_ms; /* enforced by the worker, never unbounded */
+
+	/*
+	 * The host entries, when at least one is a name the worker looks up
+	 * itself (resolve.c) and hands libpq as hostaddr; nhosts is 0 when none
+	 * is (IP addresses, socket paths, hostaddr given, a service file).
+	 */
+	int			nhosts;
+	char	  **hosts;			/* each entry of host */
+	char	  **hostaddrs;		/* each entry of hostaddr ("" = none) */
+	char	  **ports;			/* each entry of port; NULL if port has at most one */
+	char	  **lookup;			/* the name to look up for each entry, NULL if none */
 } DbpoolConnParams;
 
 struct pg_conn;					/* libpq's PGconn */
@@ -117,6 +131,8 @@ extern void DbpoolValidateConninfo(const char *conninfo, bool owner_is_superuser
 extern char *DbpoolRedactConninfo(const char *conninfo);
 extern bool DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p,
 									  MemoryContext parent);
+extern int	DbpoolConninfoAttemptParams(const DbpoolConnParams *p, const char *const *addrs,
+										const char ***keywords, const char ***values);
 extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_superuser);
 
 /* ---------- shared memory (shmem.c) ---------- */
