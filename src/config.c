@@ -164,7 +164,7 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 		pool->conninfo_gen++;	/* its connections passed a check the owner would not now */
 	if (conninfo_changed)
 	{
-		/* connections still looking up the old host names go */
+		/* a lookup of the old host names is of no use (the loop below closes its connections) */
 		DbpoolConnForgetLookup(pool);
 		if (pool->conninfo)
 			pfree(pool->conninfo);

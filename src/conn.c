@@ -144,7 +144,7 @@ lookup_names(WorkerPool *pool)
 	return buf.data;
 }
 
-/* Make conn wait for its pool's host name lookup, starting one if none is fresh; false if none could start (the pool was told). */
+/* Make conn wait for its pool's lookup, starting one if needed; false if it failed (the pool was told). */
 static bool
 await_lookup(WorkerConn *conn)
 {
@@ -273,19 +273,14 @@ DbpoolConnLookupsPoll(void)
 	}
 }
 
-/* pool's host names change or the pool goes: drop its lookup and the connections waiting for it. */
+/*
+ * pool's host names change or the pool goes: stop waiting for its lookup.
+ * Its resolving connections must be closed too (config.c closes every
+ * connecting one when the conninfo changes).
+ */
 void
 DbpoolConnForgetLookup(WorkerPool *pool)
 {
-	dlist_mutable_iter it;
-
-	dlist_foreach_modify(it, &pool->conns)
-	{
-		WorkerConn *conn = dlist_container(WorkerConn, pool_node, it.cur);
-
-		if (conn->state == CONN_CONNECTING && conn->resolving)
-			DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
-	}
 	if (pool->lookup != NULL)
 		forget_lookup(pool);
 }

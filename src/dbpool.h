@@ -14,7 +14,8 @@
  *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
  *	  config.c (reading the configuration, reconciling), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
- *	  (whose threads run libpq only), janitor.c, and the writing halves of
+ *	  (whose threads run libpq only), resolve.c (whose threads run
+ *	  getaddrinfo only), janitor.c, and the writing halves of
  *	  stats.c and slowlog.c;
  *	- both: settings.c, conninfo.c, proto.c, and the reading halves of
  *	  stats.c and slowlog.c.
