@@ -5,6 +5,7 @@
  *		passes every other name to the C library's getaddrinfo:
  *
  *		<x>.fail.dbpool.test	not found (EAI_NONAME), at once
+ *		<x>.two.dbpool.test		127.0.0.2 then 127.0.0.1, at once
  *		<x>.slow.dbpool.test	127.0.0.1, once the file release-<name> exists
  *		<x>.hang.dbpool.test	EAI_AGAIN, once the file release-<name> exists
  *
@@ -83,6 +84,25 @@ getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
 		return real(node, service, hints, res);
 	if (ends_with(node, ".fail.dbpool.test"))
 		return EAI_NONAME;
+	if (ends_with(node, ".two.dbpool.test"))
+	{
+		struct addrinfo *second = NULL;
+		struct addrinfo *ai;
+
+		rc = real("127.0.0.2", service, hints, res);
+		if (rc != 0)
+			return rc;
+		rc = real("127.0.0.1", service, hints, &second);
+		if (rc != 0)
+		{
+			freeaddrinfo(*res);
+			return rc;
+		}
+		for (ai = *res; ai->ai_next; ai = ai->ai_next)
+			;
+		ai->ai_next = second;	/* glibc's freeaddrinfo frees node by node */
+		return 0;
+	}
 	if (!ends_with(node, ".slow.dbpool.test") && !ends_with(node, ".hang.dbpool.test"))
 		return EAI_NONAME;
 	note(dir, "lookups", node);

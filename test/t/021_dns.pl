@@ -114,6 +114,25 @@ create_pool('multi',
 	min_size => 0);
 query_ok($l, sprintf($q42, 'multi'), '42',
 	'host=<not found>,localhost with a port each connects to the second');
+create_pool('lit', "host=nowhere.fail.dbpool.test,127.0.0.1 port=$fport dbname=postgres",
+	min_size => 0);
+query_ok($l, sprintf($q42, 'lit'), '42', 'host=<not found>,127.0.0.1 connects to the address');
+create_pool('sock',
+	'host=nowhere.fail.dbpool.test,' . $f->host . " port=$fport dbname=postgres",
+	min_size => 0);
+query_ok($l, sprintf($q42, 'sock'), '42',
+	'host=<not found>,<socket directory> connects through the socket');
+
+# A name with two addresses: both are tried in order (nothing listens on 127.0.0.2).
+create_pool('two',
+	"host=db.two.dbpool.test port=$fport dbname=postgres application_name=dns_two",
+	min_size => 0);
+query_ok($l, sprintf($q42, 'two'), '42', 'a name with two addresses connects to the second');
+is( $f->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_stat_activity
+		   WHERE application_name = 'dns_two' AND client_addr = '127.0.0.1'}),
+	'1',
+	'... at 127.0.0.1');
 
 # --- a slow lookup stalls nothing else -------------------------------------------------------
 my $slow = 'db.slow.dbpool.test';
