@@ -22,6 +22,7 @@ OBJS = \
 	src/conn_reset.o \
 	src/stmtcache.o \
 	src/cancel.o \
+	src/resolve.o \
 	src/stats.o \
 	src/slowlog.o \
 	src/figures.o \
@@ -33,7 +34,7 @@ DATA = dbpool--1.0.sql
 PGFILEDESC = "dbpool - shared connection pools to foreign PostgreSQL databases"
 
 PG_CONFIG ?= pg_config
-# libpq, as PGXS names it (contrib/dblink does the same); cancel.c's threads need pthread
+# libpq, as PGXS names it (contrib/dblink does the same); the threads of cancel.c and resolve.c need pthread
 PG_CPPFLAGS = -I$(libpq_srcdir)
 SHLIB_LINK_INTERNAL = $(libpq)
 SHLIB_LINK = -lpthread

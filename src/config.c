@@ -164,6 +164,8 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 		pool->conninfo_gen++;	/* its connections passed a check the owner would not now */
 	if (conninfo_changed)
 	{
+		/* a lookup of the old host names is of no use (the loop below closes its connections) */
+		DbpoolConnForgetLookup(pool);
 		if (pool->conninfo)
 			pfree(pool->conninfo);
 		pool->conninfo = MemoryContextStrdup(DbpoolWorkerContext, cfg->conninfo);

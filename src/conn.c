@@ -4,9 +4,15 @@
  *		connect poll and the password rule, the idle watch, the socket events
  *		it waits for, its deadlines, and close.
  *
- *	CONNECTING --PQconnectPoll ok--> (CLEANUP: set-up) --> IDLE --request-->
+ *	CONNECTING (first waiting for its pool's host name lookup, if its hosts
+ *	  need one: resolve.c) --PQconnectPoll ok--> (CLEANUP: set-up) --> IDLE --request-->
  *	  ACTIVE (conn_query.c) --results done--> CLEANUP (conn_reset.c) --> IDLE,
  *	  or closed.
+ *
+ * A pool has at most one host name lookup in flight; every connection that
+ * opens meanwhile waits for it (a lookup older than DBPOOL_LOOKUP_MAX_AGE_MS
+ * is forgotten instead), and when it ends each starts libpq with the
+ * addresses found, or fails.  The connect deadline covers the lookup.
  *
  * CONNECTING, CLEANUP and a cancelled ACTIVE have deadlines (connect_timeout,
  * DBPOOL_CANCEL_GRACE_MS), and ACTIVE has query_timeout_ms when set; past a
@@ -23,6 +29,9 @@
 
 #include "dbpool.h"
 #include "worker.h"
+
+/* Pools with a host name lookup in flight (their lookup_node). */
+static dlist_head lookup_pools = DLIST_STATIC_INIT(lookup_pools);
 
 /* libpq notice processor that drops remote notices (they would go to the server log). */
 static void
@@ -95,6 +104,74 @@ fail_connect_08001(WorkerConn *conn, const char *detail)
 				 psprintf("could not connect to pool \"%s\"", conn->pool->name), detail, NULL);
 }
 
+/* Start libpq on conn with these keywords; false if that failed at once (the pool was told). */
+static bool
+start_libpq(WorkerConn *conn, const char *const *keywords, const char *const *values)
+{
+	conn->pg = PQconnectStartParams(keywords, values, 0);
+	if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD)
+	{
+		fail_connect_08001(conn, DbpoolConnErrorText(conn));
+		return false;
+	}
+	conn->poll = PGRES_POLLING_WRITING;
+	conn->sock = PQsocket(conn->pg);
+	DbpoolWorkerSocketsChanged();
+	return true;
+}
+
+/* The worker no longer waits for pool's lookup (the thread frees it when done). */
+static void
+forget_lookup(WorkerPool *pool)
+{
+	DbpoolLookupForget(pool->lookup);
+	pool->lookup = NULL;
+	dlist_delete(&pool->lookup_node);
+}
+
+/* The names pool's connections look up, quoted, for messages. */
+static char *
+lookup_names(WorkerPool *pool)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < pool->params.nhosts; i++)
+		if (pool->params.lookup[i] != NULL)
+			appendStringInfo(&buf, "%s\"%s\"", buf.len > 0 ? ", " : "",
+							 pool->params.lookup[i]);
+	return buf.data;
+}
+
+/* Make conn wait for its pool's lookup, starting one if needed; false if it failed (the pool was told). */
+static bool
+await_lookup(WorkerConn *conn)
+{
+	WorkerPool *pool = conn->pool;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (pool->lookup != NULL &&
+		TimestampDifferenceExceeds(pool->lookup_started, now, DBPOOL_LOOKUP_MAX_AGE_MS))
+		forget_lookup(pool);
+	if (pool->lookup == NULL)
+	{
+		const char *why;
+
+		pool->lookup = DbpoolLookupStart(pool->params.lookup, pool->params.nhosts, &why);
+		if (pool->lookup == NULL)
+		{
+			fail_connect_08001(conn, psprintf("Could not look up the host name %s: %s.",
+											  lookup_names(pool), why));
+			return false;
+		}
+		pool->lookup_started = now;
+		dlist_push_tail(&lookup_pools, &pool->lookup_node);
+	}
+	conn->resolving = true;
+	return true;
+}
+
 /* Start a connection for pool; NULL if it failed at once (the pool was told). */
 WorkerConn *
 DbpoolConnOpen(WorkerPool *pool)
@@ -130,18 +207,82 @@ DbpoolConnOpen(WorkerPool *pool)
 		fail_connect_08001(conn, "The pool's conninfo in the configuration table is invalid; fix it with dbpool_alter_pool().");
 		return NULL;
 	}
-	conn->pg = PQconnectStartParams(pool->params.keywords, pool->params.values, 0);
-	if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD)
-	{
-		fail_connect_08001(conn, DbpoolConnErrorText(conn));
-		return NULL;
-	}
-	conn->poll = PGRES_POLLING_WRITING;
-	conn->sock = PQsocket(conn->pg);
+	/* the deadline covers the host name lookup too */
 	conn->deadline = TimestampTzPlusMilliseconds(now, pool->params.connect_timeout_ms);
 	DbpoolWorkerDeadline(conn->deadline);
-	DbpoolWorkerSocketsChanged();
-	return conn;
+	if (pool->params.nhosts > 0)
+		return await_lookup(conn) ? conn : NULL;
+	return start_libpq(conn, pool->params.keywords, pool->params.values) ? conn : NULL;
+}
+
+/* pool's lookup has ended: start each connection that waited for it, or fail it. */
+static void
+lookup_finished(WorkerPool *pool)
+{
+	DbpoolLookup *l = pool->lookup;
+	const DbpoolConnParams *p = &pool->params;
+	const char **addrs = palloc0(sizeof(char *) * p->nhosts);
+	const char **keywords = NULL;
+	const char **values = NULL;
+	StringInfoData errors;
+	dlist_mutable_iter it;
+	int			n,
+				i;
+
+	pool->lookup = NULL;
+	dlist_delete(&pool->lookup_node);
+	initStringInfo(&errors);
+	for (i = 0; i < p->nhosts; i++)
+	{
+		char	   *error;
+
+		if (p->lookup[i] == NULL)
+			continue;
+		addrs[i] = DbpoolLookupResult(l, i, &error);
+		if (error)
+			appendStringInfo(&errors, "%s%s", errors.len > 0 ? "\n" : "", error);
+	}
+	n = DbpoolConninfoAttemptParams(p, addrs, &keywords, &values);
+	dlist_foreach_modify(it, &pool->conns)
+	{
+		WorkerConn *conn = dlist_container(WorkerConn, pool_node, it.cur);
+
+		if (conn->state != CONN_CONNECTING || !conn->resolving)
+			continue;
+		conn->resolving = false;
+		if (n == 0)
+			fail_connect_08001(conn, errors.data);
+		else
+			(void) start_libpq(conn, keywords, values);
+	}
+	DbpoolLookupForget(l);		/* done: this frees it */
+}
+
+/* Start (or fail) the connections whose pool's host name lookup has ended. */
+void
+DbpoolConnLookupsPoll(void)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &lookup_pools)
+	{
+		WorkerPool *pool = dlist_container(WorkerPool, lookup_node, it.cur);
+
+		if (DbpoolLookupDone(pool->lookup))
+			lookup_finished(pool);
+	}
+}
+
+/*
+ * pool's host names change or the pool goes: stop waiting for its lookup.
+ * Its resolving connections must be closed too (config.c closes every
+ * connecting one when the conninfo changes).
+ */
+void
+DbpoolConnForgetLookup(WorkerPool *pool)
+{
+	if (pool->lookup != NULL)
+		forget_lookup(pool);
 }
 
 /* The socket events this connection waits for now (0: none, leave it out of the set). */
@@ -173,7 +314,7 @@ connect_poll(WorkerConn *conn)
 {
 	WorkerPool *pool = conn->pool;
 
-	if (!conn->readable && !conn->writable)
+	if (conn->pg == NULL || (!conn->readable && !conn->writable))
 		return;
 	conn->readable = conn->writable = false;
 	conn->poll = PQconnectPoll(conn->pg);
@@ -271,8 +412,13 @@ DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
 	switch (conn->state)
 	{
 		case CONN_CONNECTING:
-			fail_connect_08001(conn, psprintf("timeout expired after %d ms",
-											  pool->params.connect_timeout_ms));
+			if (conn->resolving)
+				fail_connect_08001(conn, psprintf("timeout expired after %d ms while looking up the host name %s",
+												  pool->params.connect_timeout_ms,
+												  lookup_names(pool)));
+			else
+				fail_connect_08001(conn, psprintf("timeout expired after %d ms",
+												  pool->params.connect_timeout_ms));
 			return;
 		case CONN_ACTIVE:
 			if (conn->ch)

@@ -8,8 +8,15 @@
  * The password rule is dblink's: a pool owned by a non-superuser must carry
  * its own password, and the server must have asked for it, so that no one
  * borrows the local server's peer or trust access to a foreign one.
+ *
+ * Host names: libpq would resolve them with a blocking getaddrinfo inside
+ * the worker's loop.  So the worker resolves them first (resolve.c), and an
+ * attempt's keywords name every address found as hostaddr beside its host
+ * name (which libpq still uses for TLS, SNI, Kerberos and the password file).
  */
 #include "postgres.h"
+
+#include <arpa/inet.h>
 
 #include "lib/stringinfo.h"
 #include "libpq-fe.h"
@@ -130,6 +137,122 @@ DbpoolRedactConninfo(const char *conninfo)
 	return buf.data;
 }
 
+/* Split a comma-separated list as libpq does (no quoting, no trimming); *n gets the count. */
+static char **
+split_list(const char *s, int *n)
+{
+	char	  **items;
+	const char *c;
+	int			i = 0;
+
+	*n = 1;
+	for (c = s; *c; c++)
+		if (*c == ',')
+			(*n)++;
+	items = palloc(sizeof(char *) * *n);
+	for (;;)
+	{
+		const char *end = strchr(s, ',');
+
+		if (end == NULL)
+		{
+			items[i] = pstrdup(s);
+			break;
+		}
+		items[i++] = pnstrdup(s, end - s);
+		s = end + 1;
+	}
+	return items;
+}
+
+/* Whether s is a numeric IPv4 or IPv6 address (libpq parses those without a lookup). */
+static bool
+is_ip_literal(const char *s)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* A keyword's value in the parsed options, else the environment variable libpq would use. */
+static const char *
+option_or_env(PQconninfoOption *opts, const char *keyword, const char *envvar)
+{
+	PQconninfoOption *o;
+
+	for (o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, keyword) == 0 && o->val != NULL)
+			return o->val;
+	return getenv(envvar);
+}
+
+/*
+ * Decide which host entries the worker looks up itself, into p (in the
+ * current context).  It leaves p->nhosts at 0, and libpq alone in charge,
+ * when nothing needs a lookup, and where libpq would do something this does
+ * not model: a service file (it may name hosts), or host, hostaddr and port
+ * lists whose lengths do not match (libpq reports that itself).
+ */
+static void
+plan_lookups(PQconninfoOption *opts, DbpoolConnParams *p)
+{
+	const char *host = option_or_env(opts, "host", "PGHOST");
+	const char *hostaddr = option_or_env(opts, "hostaddr", "PGHOSTADDR");
+	const char *port = option_or_env(opts, "port", "PGPORT");
+	const char *service = option_or_env(opts, "service", "PGSERVICE");
+	char	  **hosts,
+			  **hostaddrs,
+			  **ports = NULL,
+			  **lookup;
+	int			n,
+				nother,
+				i;
+	bool		any = false;
+
+	p->nhosts = 0;
+	if (host == NULL || host[0] == '\0' || (service != NULL && service[0] != '\0'))
+		return;
+	hosts = split_list(host, &n);
+	if (hostaddr != NULL && hostaddr[0] != '\0')
+	{
+		hostaddrs = split_list(hostaddr, &nother);
+		if (nother != n)
+			return;
+	}
+	else
+		hostaddrs = palloc0(sizeof(char *) * n);
+	if (port != NULL && port[0] != '\0' && strchr(port, ',') != NULL)
+	{
+		ports = split_list(port, &nother);
+		if (nother != n)
+			return;
+	}
+	lookup = palloc0(sizeof(char *) * n);
+	for (i = 0; i < n; i++)
+	{
+		const char *h = hosts[i];
+
+		if (hostaddrs[i] == NULL)
+			hostaddrs[i] = "";
+		if (hostaddrs[i][0] != '\0' || h[0] == '\0' || h[0] == '/' || h[0] == '@')
+			continue;			/* an address given, the default, or a socket path */
+		if (is_ip_literal(h))
+			hostaddrs[i] = hosts[i];
+		else
+		{
+			lookup[i] = hosts[i];
+			any = true;
+		}
+	}
+	if (!any)
+		return;
+	p->nhosts = n;
+	p->hosts = hosts;
+	p->hostaddrs = hostaddrs;
+	p->ports = ports;
+	p->lookup = lookup;
+}
+
 /*
  * Build libpq's keyword/value arrays into p: our defaults, the conninfo's
  * options, then what we force (client_encoding UTF8; nothing else, so the
@@ -161,6 +284,7 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 		p->cxt = AllocSetContextCreate(parent, "dbpool pool params", ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(p->cxt);
 	p->keywords = p->values = NULL;
+	p->nhosts = 0;
 
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
@@ -194,11 +318,91 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	p->values[n++] = "UTF8";
 	p->keywords[n] = NULL;
 	p->values[n] = NULL;
+	plan_lookups(opts, p);
 	MemoryContextSwitchTo(old);
 	/* libpq treats 1 as 2 and <= 0 as none; we enforce it ourselves, never unbounded */
 	p->connect_timeout_ms = (connect_timeout <= 0 ? 10 : Max(connect_timeout, 2)) * 1000;
 	PQconninfoFree(opts);
 	return true;
+}
+
+/*
+ * The keyword arrays for one attempt of a pool whose hosts need lookups
+ * (p->nhosts > 0), in the current memory context.  addrs[i] holds what the
+ * lookup found for entry i (comma-separated numeric addresses; NULL if it
+ * found none, or if the entry needed no lookup).  Each address becomes one
+ * host entry with the host name beside it, so libpq tries them in turn as it
+ * would have; entries whose name was not found are left out, as libpq skips
+ * them.  Returns the number of entries, 0 if none is left.
+ */
+int
+DbpoolConninfoAttemptParams(const DbpoolConnParams *p, const char *const *addrs,
+							const char ***keywords, const char ***values)
+{
+	StringInfoData hosts,
+				hostaddrs,
+				ports;
+	int			count = 0,
+				n = 0,
+				i;
+
+	initStringInfo(&hosts);
+	initStringInfo(&hostaddrs);
+	initStringInfo(&ports);
+	for (i = 0; i < p->nhosts; i++)
+	{
+		const char *port = p->ports ? p->ports[i] : "";
+		int			naddrs,
+					j;
+		char	  **list;
+
+		if (p->lookup[i] == NULL)
+		{
+			list = (char **) &p->hostaddrs[i];
+			naddrs = 1;
+		}
+		else if (addrs[i] == NULL)
+			continue;
+		else
+			list = split_list(addrs[i], &naddrs);
+		for (j = 0; j < naddrs; j++)
+		{
+			const char *sep = count > 0 ? "," : "";
+
+			appendStringInfo(&hosts, "%s%s", sep, p->hosts[i]);
+			appendStringInfo(&hostaddrs, "%s%s", sep, list[j]);
+			appendStringInfo(&ports, "%s%s", sep, port);
+			count++;
+		}
+	}
+	if (count == 0)
+		return 0;
+	for (i = 0; p->keywords[i]; i++)
+		;
+	*keywords = palloc(sizeof(char *) * (i + 4));
+	*values = palloc(sizeof(char *) * (i + 4));
+	for (i = 0; p->keywords[i]; i++)
+	{
+		const char *k = p->keywords[i];
+
+		if (strcmp(k, "host") == 0 || strcmp(k, "hostaddr") == 0 ||
+			(p->ports && strcmp(k, "port") == 0))
+			continue;
+		(*keywords)[n] = k;
+		(*values)[n++] = p->values[i];
+	}
+	(*keywords)[n] = "host";
+	(*values)[n++] = hosts.data;
+	(*keywords)[n] = "hostaddr";
+	(*values)[n++] = hostaddrs.data;
+	if (p->ports)
+	{
+		(*keywords)[n] = "port";
+		(*values)[n++] = ports.data;
+	}
+	(*keywords)[n] = NULL;
+	(*values)[n] = NULL;
+	return count;
 }
 
 /* After connecting: whether the password rule holds (a superuser's pool, or a password was used). */

@@ -14,7 +14,8 @@
  *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
  *	  config.c (reading the configuration, reconciling), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
- *	  (whose threads run libpq only), janitor.c, and the writing halves of
+ *	  (whose threads run libpq only), resolve.c (whose threads run
+ *	  getaddrinfo only), janitor.c, and the writing halves of
  *	  stats.c and slowlog.c;
  *	- both: settings.c, conninfo.c, proto.c, and the reading halves of
  *	  stats.c and slowlog.c.
@@ -46,6 +47,9 @@
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
 #define DBPOOL_LOG_INTERVAL_MS	60000	/* repeated log lines: at most once a minute */
 #define DBPOOL_STYLE_LEN		64		/* room for a DateStyle or IntervalStyle value */
+#define DBPOOL_MAX_LOOKUPS		64		/* host name lookup threads at once, all pools */
+#define DBPOOL_MAX_LOOKUP_ADDRS	16		/* addresses of one host name that are tried */
+#define DBPOOL_LOOKUP_MAX_AGE_MS 60000	/* a lookup older than this is not joined */
 
 /* GUCs (dbpool.c) */
 extern char *DbpoolDatabase;
@@ -109,6 +113,17 @@ typedef struct DbpoolConnParams
 	const char **keywords;		/* NULL if the conninfo does not parse */
 	const char **values;
 	int			connect_timeout_ms; /* enforced by the worker, never unbounded */
+
+	/*
+	 * The host entries, when at least one is a name the worker looks up
+	 * itself (resolve.c) and hands libpq as hostaddr; nhosts is 0 when none
+	 * is (IP addresses, socket paths, hostaddr given, a service file).
+	 */
+	int			nhosts;
+	char	  **hosts;			/* each entry of host */
+	char	  **hostaddrs;		/* each entry of hostaddr ("" = none) */
+	char	  **ports;			/* each entry of port; NULL if port has at most one */
+	char	  **lookup;			/* the name to look up for each entry, NULL if none */
 } DbpoolConnParams;
 
 struct pg_conn;					/* libpq's PGconn */
@@ -117,6 +132,8 @@ extern void DbpoolValidateConninfo(const char *conninfo, bool owner_is_superuser
 extern char *DbpoolRedactConninfo(const char *conninfo);
 extern bool DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p,
 									  MemoryContext parent);
+extern int	DbpoolConninfoAttemptParams(const DbpoolConnParams *p, const char *const *addrs,
+										const char ***keywords, const char ***values);
 extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_superuser);
 
 /* ---------- shared memory (shmem.c) ---------- */

@@ -106,6 +106,7 @@ free_pool(WorkerPool *pool)
 	LWLockRelease(DbpoolShmem->lock);
 	DbpoolRegistryChanged();
 	dlist_delete(&pool->node);
+	DbpoolConnForgetLookup(pool);
 	if (pool->conninfo)
 		pfree(pool->conninfo);
 	if (pool->params.cxt)

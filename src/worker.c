@@ -7,16 +7,17 @@
  * postmaster's death and every connection's socket, with a timeout from the
  * earliest deadline (DbpoolWorkerDeadline), and then runs its phases in
  * order (see DbpoolWorkerMain): signals and interrupts, the configuration
- * (config.c), results of connections with socket events (first, so that a
+ * (config.c), connections whose host name lookup ended (conn.c, resolve.c),
+ * results of connections with socket events (first, so that a
  * finished connection serves the next waiter at once: conn*.c), new requests
  * from the channels the pending bitmap names (channel_worker.c), responses a
  * full queue held back, statistics resets, pools waiting for room under the
  * global cap (pool.c), and housekeeping when a deadline is due (janitor.c).
  *
- * It never waits on the network (non-blocking libpq; cancels in threads,
- * cancel.c) and never raises an ERROR for a remote or client problem.  Its
- * blocking work is the short read of the configuration table (config.c) and
- * the host name lookup inside PQconnectStartParams (use hostaddr to avoid it).
+ * It never waits on the network (non-blocking libpq; cancels and host name
+ * lookups in threads, cancel.c and resolve.c) and never raises an ERROR for
+ * a remote or client problem.  Its blocking work is the short read of the
+ * configuration table (config.c).
  */
 #include "postgres.h"
 
@@ -420,6 +421,7 @@ DbpoolWorkerMain(Datum main_arg)
 		if (!serve_interrupts())
 			break;
 		DbpoolConfigMaybeReload(GetCurrentTimestamp());
+		DbpoolConnLookupsPoll();
 
 		/*
 		 * Results first: a connection that finishes serves the next waiter at

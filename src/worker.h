@@ -2,7 +2,8 @@
  * worker.h
  *		The dbpool worker's private structures.  Everything here lives in the
  *		worker's own memory (DbpoolWorkerContext) and is touched only by the
- *		worker's single thread; the cancel threads of cancel.c see none of it.
+ *		worker's single thread; the cancel threads of cancel.c and the lookup
+ *		threads of resolve.c see none of it.
  */
 #ifndef DBPOOL_WORKER_H
 #define DBPOOL_WORKER_H
@@ -19,6 +20,7 @@
 typedef struct WorkerConn WorkerConn;
 typedef struct WorkerPool WorkerPool;
 typedef struct DbpoolCancel DbpoolCancel;
+typedef struct DbpoolLookup DbpoolLookup;
 
 /* One SQL text in a connection's prepared-statement cache (stmtcache.c). */
 typedef struct StmtEntry
@@ -129,6 +131,8 @@ struct WorkerConn
 	bool		readable;		/* reported by the last wait */
 	bool		writable;
 	PostgresPollingStatusType poll;	/* while CONN_CONNECTING */
+	bool		resolving;		/* CONN_CONNECTING, waiting for its pool's host name
+								 * lookup (pg is NULL until it ends) */
 	bool		flushing;		/* output not yet flushed */
 	TimestampTz created_at;
 	TimestampTz state_since;
@@ -201,6 +205,11 @@ struct WorkerPool
 	bool		ever_connected;
 	bool		unreachable;
 	TimestampTz last_failure_log;	/* connect failures log at most once a minute */
+
+	/* the host name lookup its resolving connections wait for (conn.c) */
+	DbpoolLookup *lookup;		/* NULL if none in flight */
+	TimestampTz lookup_started;
+	dlist_node	lookup_node;	/* in conn.c's list of pools with a lookup */
 };
 
 /* worker.c */
@@ -263,6 +272,8 @@ extern void DbpoolConnProcess(WorkerConn *conn);
 extern void DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason);
 extern void DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now);
 extern uint32 DbpoolConnWantedEvents(WorkerConn *conn);
+extern void DbpoolConnLookupsPoll(void);
+extern void DbpoolConnForgetLookup(WorkerPool *pool);
 
 /* conn_query.c: one request on a connection */
 extern void DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch);
@@ -318,5 +329,11 @@ extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz en
 extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);
 extern bool DbpoolCancelDone(DbpoolCancel *c);
 extern void DbpoolCancelForget(DbpoolCancel *c);
+
+/* resolve.c */
+extern DbpoolLookup *DbpoolLookupStart(char *const *names, int n, const char **why);
+extern bool DbpoolLookupDone(DbpoolLookup *l);
+extern const char *DbpoolLookupResult(DbpoolLookup *l, int i, char **error);
+extern void DbpoolLookupForget(DbpoolLookup *l);
 
 #endif							/* DBPOOL_WORKER_H */
