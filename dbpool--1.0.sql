@@ -18,7 +18,11 @@ CREATE TABLE dbpool_config (
     idle_timeout_ms    int NOT NULL,
     max_lifetime_ms    int NOT NULL,
     reset_query        text,
-    slow_query_ms      int NOT NULL DEFAULT 1000
+    slow_query_ms      int NOT NULL DEFAULT 1000,
+    retry_base_ms      int NOT NULL DEFAULT 100,
+    retry_max_ms       int NOT NULL DEFAULT 10000,
+    retry_attempts     int NOT NULL DEFAULT 3,
+    down_probe_interval_ms int NOT NULL DEFAULT 500
 );
 
 CREATE TABLE dbpool_grant (
@@ -57,12 +61,16 @@ CREATE FUNCTION dbpool_create_pool(
     idle_timeout_ms int DEFAULT 600000,
     max_lifetime_ms int DEFAULT 3600000,
     reset_query text DEFAULT NULL,
-    slow_query_ms int DEFAULT 1000)
+    slow_query_ms int DEFAULT 1000,
+    retry_base_ms int DEFAULT 100,
+    retry_max_ms int DEFAULT 10000,
+    retry_attempts int DEFAULT 3,
+    down_probe_interval_ms int DEFAULT 500)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_create_pool'
 LANGUAGE C VOLATILE;
 
-REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int) FROM PUBLIC;
 
 CREATE FUNCTION dbpool_alter_pool(name text, options jsonb)
 RETURNS void
@@ -107,6 +115,10 @@ CREATE FUNCTION dbpool_pools(
     OUT max_lifetime_ms int,
     OUT reset_query text,
     OUT slow_query_ms int,
+    OUT retry_base_ms int,
+    OUT retry_max_ms int,
+    OUT retry_attempts int,
+    OUT down_probe_interval_ms int,
     OUT owner name,
     OUT state text,
     OUT created_at timestamptz)

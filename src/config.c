@@ -172,9 +172,7 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 		if (!DbpoolConninfoBuildParams(pool->conninfo, &pool->params, DbpoolWorkerContext))
 			ereport(WARNING, (errmsg("dbpool: pool \"%s\" has an invalid conninfo", pool->name)));
 		pool->conninfo_gen++;
-		pool->unreachable = false;
-		pool->backoff_ms = 0;
-		pool->next_connect_at = 0;
+		DbpoolPoolResetFailures(pool);
 	}
 	/* idle connections that no longer fit (old conninfo, smaller size) close now */
 	dlist_foreach_modify(it, &pool->conns)

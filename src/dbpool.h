@@ -78,6 +78,10 @@ typedef struct DbpoolSettings
 	int			max_lifetime_ms;
 	char		reset_query[DBPOOL_TEXT_SETTING_LEN];	/* "" = none */
 	int			slow_query_ms;	/* 0 = no slow-query log */
+	int			retry_base_ms;	/* first reconnect delay after a failed attempt */
+	int			retry_max_ms;	/* longest reconnect delay */
+	int			retry_attempts; /* failed attempts in a row that make the pool down */
+	int			down_probe_interval_ms; /* how often a down pool is probed */
 } DbpoolSettings;
 
 typedef enum DbpoolSettingType
@@ -140,9 +144,11 @@ extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_supe
 
 typedef enum DbpoolPoolState
 {
-	DBPOOL_POOL_CONNECTING,		/* no connection has succeeded yet */
-	DBPOOL_POOL_READY,			/* serving */
-	DBPOOL_POOL_UNREACHABLE,	/* the last connection attempt failed */
+	DBPOOL_POOL_CONNECTING,		/* no connection has succeeded yet, none failed */
+	DBPOOL_POOL_OK,				/* serving, no connection failure since the last success */
+	DBPOOL_POOL_DEGRADED,		/* connection attempts fail; retrying with backoff */
+	DBPOOL_POOL_DOWN,			/* retry_attempts failed in a row and nothing serves:
+								 * requests fail at once, probes retry */
 	DBPOOL_POOL_DROPPING		/* dropped; in-flight queries finishing */
 } DbpoolPoolState;
 

@@ -287,10 +287,12 @@ DbpoolPoolStateName(DbpoolPoolState state)
 	{
 		case DBPOOL_POOL_CONNECTING:
 			return "connecting";
-		case DBPOOL_POOL_READY:
-			return "ready";
-		case DBPOOL_POOL_UNREACHABLE:
-			return "unreachable";
+		case DBPOOL_POOL_OK:
+			return "ok";
+		case DBPOOL_POOL_DEGRADED:
+			return "degraded";
+		case DBPOOL_POOL_DOWN:
+			return "down";
 		case DBPOOL_POOL_DROPPING:
 			return "dropping";
 	}

@@ -3,8 +3,9 @@
  *		The worker's periodic housekeeping, run for every pool when a deadline
  *		is due and at least once a second: waiters past their acquire
  *		deadline, each connection's idle and lifetime limits and its own
- *		deadline, the drop grace of a dropped pool and freeing it, and keeping
- *		min_size warm (with the backoff after failures).  Health probes, alert
+ *		deadline, the drop grace of a dropped pool and freeing it, and the
+ *		connection attempts no request waits for: retries after the backoff,
+ *		min_size, and a down pool's probes.  Health probes, alert
  *		evaluation and autoscaling hang their ticks here.
  *
  * Every deadline a phase sees in the future is registered with
@@ -18,7 +19,10 @@
 #include "dbpool.h"
 #include "worker.h"
 
-/* Answer 53300 to the waiters whose acquire deadline has passed. */
+/*
+ * Answer the waiters whose acquire deadline has passed: 53300, or, when no
+ * connection of the pool is live and attempts are failing, the last failure.
+ */
 static void
 expire_waiters(WorkerPool *pool, TimestampTz now)
 {
@@ -34,6 +38,15 @@ expire_waiters(WorkerPool *pool, TimestampTz now)
 		if (now < ch->acquire_deadline)
 		{
 			DbpoolWorkerDeadline(ch->acquire_deadline);
+			continue;
+		}
+		if (pool->failures > 0 && pool->nconns == pool->nconnecting)
+		{
+			/* nothing could serve it: the truth is the connection failure, not the wait */
+			DbpoolPoolFailWaiter(ch, pool->last_sqlerrcode, DBPOOL_C_ACQUIRE_TIMEOUTS,
+								 pool->last_message, pool->last_detail,
+								 psprintf("dbpool is reconnecting to pool \"%s\": %d attempts failed in a row; the pool is down after %d.",
+										  pool->name, pool->failures, pool->settings.retry_attempts));
 			continue;
 		}
 		DbpoolPoolFailWaiter(ch, ERRCODE_TOO_MANY_CONNECTIONS, DBPOOL_C_ACQUIRE_TIMEOUTS,
@@ -114,22 +127,23 @@ free_pool(WorkerPool *pool)
 	pfree(pool);
 }
 
-/* Keep min_size warm; after a failure only once the backoff has passed, one attempt at a time. */
+/*
+ * Connection attempts that wait for no request: waiters whose backoff has
+ * passed, min_size, and a down pool's probe.  After a failure, one attempt at
+ * a time once the backoff (or the probe interval) has passed.
+ */
 static void
-refill_min_size(WorkerPool *pool, TimestampTz now)
+reconnect(WorkerPool *pool)
 {
-	if (pool->nconns >= pool->settings.min_size)
-		return;
-	if (now < pool->next_connect_at)
-	{
-		DbpoolWorkerDeadline(pool->next_connect_at);
-		return;
-	}
+	DbpoolPoolGrow(pool);
 	while (pool->nconns < pool->settings.min_size &&
 		   DbpoolWorkerTotalConns < DbpoolMaxConnections &&
-		   (pool->nconnecting == 0 || !pool->unreachable) &&
+		   DbpoolPoolMayConnect(pool) &&
 		   DbpoolConnOpen(pool) != NULL)
 		;
+	if (pool->down && DbpoolWorkerTotalConns < DbpoolMaxConnections &&
+		DbpoolPoolMayConnect(pool))
+		(void) DbpoolConnOpen(pool);	/* the probe: on success it joins the pool */
 }
 
 /* Housekeeping for one pool. */
@@ -146,7 +160,7 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 			DbpoolWorkerDeadline(pool->drop_deadline);
 		return;
 	}
-	refill_min_size(pool, now);
+	reconnect(pool);
 	DbpoolPoolPublish(pool);
 }
 

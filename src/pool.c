@@ -9,13 +9,13 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "common/pg_prng.h"
 #include "utils/timestamp.h"
 
 #include "dbpool.h"
 #include "worker.h"
-
-#define BACKOFF_MIN_MS	500
-#define BACKOFF_MAX_MS	30000
 
 /* The worker's pool with this name that is not being dropped, or NULL. */
 WorkerPool *
@@ -58,10 +58,12 @@ DbpoolPoolPublish(WorkerPool *pool)
 
 	if (pool->dropping)
 		state = DBPOOL_POOL_DROPPING;
-	else if (pool->unreachable)
-		state = DBPOOL_POOL_UNREACHABLE;
+	else if (pool->down)
+		state = DBPOOL_POOL_DOWN;
+	else if (pool->failures > 0)
+		state = DBPOOL_POOL_DEGRADED;
 	else if (pool->ever_connected)
-		state = DBPOOL_POOL_READY;
+		state = DBPOOL_POOL_OK;
 	else
 		state = DBPOOL_POOL_CONNECTING;
 	if (slot->state != state)
@@ -72,13 +74,34 @@ DbpoolPoolPublish(WorkerPool *pool)
 	DbpoolStatsGauges(pool);
 }
 
-/* Open connections for waiters, within max_size and dbpool.max_connections. */
+/*
+ * Whether the pool may start a connection attempt now: always while attempts
+ * succeed; after a failure one attempt at a time, once next_connect_at has
+ * come (the loop is woken for it).
+ */
+bool
+DbpoolPoolMayConnect(WorkerPool *pool)
+{
+	if (pool->failures == 0)
+		return true;
+	if (pool->nconnecting > 0)
+		return false;
+	if (GetCurrentTimestamp() < pool->next_connect_at)
+	{
+		DbpoolWorkerDeadline(pool->next_connect_at);
+		return false;
+	}
+	return true;
+}
+
+/* Open connections for waiters, within max_size, dbpool.max_connections and the backoff. */
 void
 DbpoolPoolGrow(WorkerPool *pool)
 {
 	while (!pool->dropping &&
 		   pool->nwaiting > pool->nconnecting &&
-		   pool->nconns < pool->settings.max_size)
+		   pool->nconns < pool->settings.max_size &&
+		   DbpoolPoolMayConnect(pool))
 	{
 		if (DbpoolWorkerTotalConns >= DbpoolMaxConnections)
 		{
@@ -116,6 +139,17 @@ idle_for_role(WorkerPool *pool, Oid role)
 	return fresh ? fresh : dlist_container(WorkerConn, idle_node, dlist_head_node(&pool->idle));
 }
 
+/* Answer a waiting request of a down pool with the failure that made it down. */
+static void
+fail_down(WorkerChannel *ch)
+{
+	WorkerPool *pool = ch->pool;
+
+	DbpoolPoolFailWaiter(ch, pool->last_sqlerrcode, -1, pool->last_message, pool->last_detail,
+						 psprintf("Pool \"%s\" is down after %d failed connection attempts in a row; dbpool tries again every %d ms and serves again as soon as one connects.",
+								  pool->name, pool->failures, pool->settings.down_probe_interval_ms));
+}
+
 /* Hand the request to an idle connection, or queue it (FIFO) and grow. */
 void
 DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
@@ -125,6 +159,16 @@ DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
 	ch->pool = pool;
 	ch->enqueued_at = ch->started_at = 0;
 	ch->counted = false;
+	if (pool->down)
+	{
+		/* fail fast with the failure that made it down; probes bring it back */
+		ch->state = REQ_WAITING;
+		ch->acquire_deadline = 0;
+		dlist_push_tail(&pool->waiters, &ch->wait_node);
+		pool->nwaiting++;
+		fail_down(ch);
+		return;
+	}
 	if (dlist_is_empty(&pool->waiters) && pool->nidle > 0)
 	{
 		WorkerConn *conn = idle_for_role(pool, ch->req.user);
@@ -242,22 +286,43 @@ DbpoolPoolRelease(WorkerConn *conn)
 	DbpoolPoolPublish(pool);
 }
 
+/* Forget the pool's connection failures: attempts start again at once. */
+void
+DbpoolPoolResetFailures(WorkerPool *pool)
+{
+	pool->failures = 0;
+	pool->down = false;
+	pool->next_connect_at = 0;
+}
+
+/* Replace a kept copy of a failure's text. */
+static void
+keep_text(char **dst, const char *src)
+{
+	if (*dst)
+		pfree(*dst);
+	*dst = src ? MemoryContextStrdup(DbpoolWorkerContext, src) : NULL;
+}
+
 /* A new connection of pool is up: the pool is reachable (the connection is released after its set-up). */
 void
 DbpoolPoolConnected(WorkerPool *pool)
 {
-	if (pool->unreachable)
-		ereport(LOG, (errmsg("dbpool: pool \"%s\" is reachable again", pool->name)));
+	if (pool->failures > 0)
+		ereport(LOG, (errmsg("dbpool: pool \"%s\" is reachable again", pool->name),
+					  errdetail("After %d failed connection attempts%s.", pool->failures,
+								pool->down ? ", while it was down" : "")));
 	pool->ever_connected = true;
-	pool->unreachable = false;
-	pool->backoff_ms = 0;
-	pool->next_connect_at = 0;
+	DbpoolPoolResetFailures(pool);
 }
 
 /*
- * A connection attempt failed.  If no connection of the pool can serve its
- * waiters, answer them all with the reason now rather than at their
- * acquire timeout; back off before min_size tries again.
+ * A connection attempt failed.  The next attempt waits: retry_base_ms doubled
+ * for each failure in a row, up to retry_max_ms, with jitter (a random 50 to
+ * 100 %).  After retry_attempts failures in a row with no live connection the
+ * pool is down: every waiter gets this failure now, later requests get it at
+ * once, and a probe tries every down_probe_interval_ms.  Until then waiters
+ * wait for the retries (within their acquire timeout).
  */
 void
 DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *message,
@@ -265,8 +330,9 @@ DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *message,
 {
 	int			live = pool->nconns - pool->nconnecting;
 	TimestampTz now = GetCurrentTimestamp();
+	double		delay;
 
-	if (!pool->unreachable || pool->last_failure_log == 0 ||
+	if (pool->failures == 0 || pool->last_failure_log == 0 ||
 		TimestampDifferenceExceeds(pool->last_failure_log, now, 60000))
 	{
 		ereport(LOG,
@@ -274,13 +340,31 @@ DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *message,
 				 detail ? errdetail_internal("%s", detail) : 0));
 		pool->last_failure_log = now;
 	}
-	pool->unreachable = true;
-	pool->backoff_ms = pool->backoff_ms == 0 ? BACKOFF_MIN_MS :
-		Min(pool->backoff_ms * 2, BACKOFF_MAX_MS);
-	pool->next_connect_at = TimestampTzPlusMilliseconds(now, pool->backoff_ms);
+	pool->failures++;
+	pool->last_sqlerrcode = sqlerrcode;
+	keep_text(&pool->last_message, message);
+	keep_text(&pool->last_detail, detail);
+	keep_text(&pool->last_hint, hint);
+
+	if (!pool->down && live == 0 && pool->failures >= pool->settings.retry_attempts)
+	{
+		pool->down = true;
+		ereport(LOG,
+				(errmsg("dbpool: pool \"%s\" is down", pool->name),
+				 errdetail("%d connection attempts in a row failed; requests fail at once until a probe connects (every %d ms).",
+						   pool->failures, pool->settings.down_probe_interval_ms)));
+	}
+	if (pool->down)
+		delay = pool->settings.down_probe_interval_ms;
+	else
+	{
+		delay = (double) pool->settings.retry_base_ms * pow(2.0, Min(pool->failures - 1, 30));
+		delay = Min(delay, (double) pool->settings.retry_max_ms);
+		delay *= 0.5 + 0.5 * pg_prng_double(&pg_global_prng_state);
+	}
+	pool->next_connect_at = TimestampTzPlusMilliseconds(now, (int64) delay);
 	DbpoolWorkerDeadline(pool->next_connect_at);
-	/* this attempt still counts in nconnecting; others may still succeed */
-	if (live == 0 && pool->nconnecting <= 1)
+	if (pool->down)
 		DbpoolPoolFailWaiters(pool, sqlerrcode, message, detail, hint);
 	DbpoolPoolPublish(pool);
 }

@@ -22,6 +22,10 @@ const DbpoolSettingDesc DbpoolSettingDescs[] = {
 	INT_SETTING(max_lifetime_ms, 3600000, 0),
 	TEXT_SETTING(reset_query),
 	INT_SETTING(slow_query_ms, 1000, 0),
+	INT_SETTING(retry_base_ms, 100, 1),
+	INT_SETTING(retry_max_ms, 10000, 1),
+	INT_SETTING(retry_attempts, 3, 1),
+	INT_SETTING(down_probe_interval_ms, 500, 10),
 };
 const int	DbpoolNumSettings = lengthof(DbpoolSettingDescs);
 
@@ -79,6 +83,11 @@ DbpoolValidateSettings(const DbpoolSettings *s)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for min_size: %d", s->min_size),
 				 errdetail("min_size must not exceed max_size (%d).", s->max_size)));
+	if (s->retry_max_ms < s->retry_base_ms)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for retry_max_ms: %d", s->retry_max_ms),
+				 errdetail("retry_max_ms must be at least retry_base_ms (%d).", s->retry_base_ms)));
 	if (s->max_size > DbpoolMaxConnections)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -200,10 +200,21 @@ struct WorkerPool
 	int			nconnecting;
 	int			nwaiting;
 
-	TimestampTz next_connect_at;	/* backoff after failures, for min_size */
-	int			backoff_ms;
+	/*
+	 * Reconnecting (pool.c): after a failed attempt the next one waits for
+	 * next_connect_at (exponential backoff with jitter), one at a time; after
+	 * retry_attempts failures in a row with nothing serving the pool is down:
+	 * requests fail at once with the last failure, and a probe tries every
+	 * down_probe_interval_ms.  The first success clears it all.
+	 */
+	TimestampTz next_connect_at;
+	int			failures;		/* failed attempts since the last success */
+	bool		down;
 	bool		ever_connected;
-	bool		unreachable;
+	int			last_sqlerrcode;	/* the last failure, for requests while down */
+	char	   *last_message;	/* (worker memory) */
+	char	   *last_detail;
+	char	   *last_hint;
 	TimestampTz last_failure_log;	/* connect failures log at most once a minute */
 
 	/* the host name lookup its resolving connections wait for (conn.c) */
@@ -255,6 +266,8 @@ extern void DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *m
 								 const char *detail, const char *hint);
 extern void DbpoolPoolConnClosed(WorkerPool *pool);
 extern void DbpoolPoolConnected(WorkerPool *pool);
+extern bool DbpoolPoolMayConnect(WorkerPool *pool);
+extern void DbpoolPoolResetFailures(WorkerPool *pool);
 extern void DbpoolPoolServeAll(void);
 extern void DbpoolPoolPublish(WorkerPool *pool);
 extern void DbpoolPoolCloseAll(void);

@@ -187,9 +187,9 @@ $l->safe_psql('postgres',
 	q{SELECT dbpool_create_pool('down', 'host=127.0.0.1 port=1 dbname=x connect_timeout=2', min_size => 0)});
 query_fails($l, q{SELECT * FROM dbpool_query('down', 'SELECT 1') AS t(v int)}, '08001', undef,
 	'a server that is down');
-is(counter('down', 'connection_failures') . ' ' . counter('down', 'connections_created'), '1 0',
-	'one connection failure, none created');
-is(metric('down', 'concat_ws(\' \', errors_total, state)'), '1 unreachable', 'the request is an error');
+is(counter('down', 'connection_failures') . ' ' . counter('down', 'connections_created'), '3 0',
+	'retry_attempts (3) connection failures, none created');
+is(metric('down', 'concat_ws(\' \', errors_total, state)'), '1 down', 'the request is an error');
 
 create_pool('dr', 'min_size => 2, max_size => 2');
 ok(poll_until($l, q{SELECT total_connections FROM dbpool_metrics WHERE pool = 'dr'}, '2'), 'dr has 2');
