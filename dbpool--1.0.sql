@@ -22,7 +22,8 @@ CREATE TABLE dbpool_config (
     retry_base_ms      int NOT NULL DEFAULT 100,
     retry_max_ms       int NOT NULL DEFAULT 10000,
     retry_attempts     int NOT NULL DEFAULT 3,
-    down_probe_interval_ms int NOT NULL DEFAULT 500
+    down_probe_interval_ms int NOT NULL DEFAULT 500,
+    validation_interval_ms int NOT NULL DEFAULT 30000
 );
 
 CREATE TABLE dbpool_grant (
@@ -65,12 +66,13 @@ CREATE FUNCTION dbpool_create_pool(
     retry_base_ms int DEFAULT 100,
     retry_max_ms int DEFAULT 10000,
     retry_attempts int DEFAULT 3,
-    down_probe_interval_ms int DEFAULT 500)
+    down_probe_interval_ms int DEFAULT 500,
+    validation_interval_ms int DEFAULT 30000)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_create_pool'
 LANGUAGE C VOLATILE;
 
-REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int) FROM PUBLIC;
 
 CREATE FUNCTION dbpool_alter_pool(name text, options jsonb)
 RETURNS void
@@ -119,6 +121,7 @@ CREATE FUNCTION dbpool_pools(
     OUT retry_max_ms int,
     OUT retry_attempts int,
     OUT down_probe_interval_ms int,
+    OUT validation_interval_ms int,
     OUT owner name,
     OUT state text,
     OUT created_at timestamptz)

@@ -135,6 +135,7 @@ receive_request(WorkerChannel *ch)
 		return;
 	}
 	ch->state = REQ_NONE;
+	ch->retried = false;
 	DbpoolPoolSubmit(pool, ch);
 }
 

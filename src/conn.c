@@ -23,6 +23,8 @@
  */
 #include "postgres.h"
 
+#include <poll.h>
+
 #include "storage/fd.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -352,6 +354,36 @@ connect_poll(WorkerConn *conn)
 	DbpoolConnSetUp(conn);		/* ISO output, keeping the foreign field order */
 }
 
+/*
+ * Read what an idle connection's server sent: notifications are dropped; the
+ * server closing it, or an error (a FATAL before it closes), closes it as
+ * broken.  False if it was closed.
+ */
+static bool
+idle_input(WorkerConn *conn)
+{
+	bool		broken = !PQconsumeInput(conn->pg) || PQstatus(conn->pg) == CONNECTION_BAD;
+
+	while (!broken && !PQisBusy(conn->pg))
+	{
+		PGresult   *res = PQgetResult(conn->pg);
+
+		if (res == NULL)
+			break;
+		broken = PQresultStatus(res) == PGRES_FATAL_ERROR;
+		PQclear(res);
+	}
+	if (broken)
+	{
+		elog(DEBUG1, "dbpool: an idle connection of pool \"%s\" was closed by the server",
+			 conn->pool->name);
+		DbpoolConnClose(conn, DBPOOL_CLOSE_BROKEN);
+		return false;
+	}
+	DbpoolConnDrainNotifies(conn);
+	return true;
+}
+
 /* An idle connection's socket is readable: the server closed it, or sent a notification. */
 static void
 idle_watch(WorkerConn *conn)
@@ -359,22 +391,25 @@ idle_watch(WorkerConn *conn)
 	if (!conn->readable)
 		return;
 	conn->readable = false;
-	if (!PQconsumeInput(conn->pg) || PQstatus(conn->pg) == CONNECTION_BAD)
-	{
-		elog(DEBUG1, "dbpool: an idle connection of pool \"%s\" was closed by the server",
-			 conn->pool->name);
-		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
-		return;
-	}
-	while (!PQisBusy(conn->pg))
-	{
-		PGresult   *res = PQgetResult(conn->pg);
+	(void) idle_input(conn);
+}
 
-		if (res == NULL)
-			break;
-		PQclear(res);
-	}
-	DbpoolConnDrainNotifies(conn);
+/*
+ * Whether an idle connection about to be used is still open: a zero-timeout
+ * poll of its socket (the server may have closed it since the loop last
+ * waited), and its input read if there is any.  False if it was closed.
+ */
+bool
+DbpoolConnIdleAlive(WorkerConn *conn)
+{
+	struct pollfd pfd;
+
+	pfd.fd = conn->sock;
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	if (poll(&pfd, 1, 0) <= 0)
+		return true;			/* nothing to read (or poll failed: the request will tell) */
+	return idle_input(conn);
 }
 
 /* Act on socket readiness (or on the client having read) for this connection. */

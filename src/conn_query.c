@@ -44,10 +44,15 @@ DbpoolConnFailRequest(WorkerConn *conn, int sqlerrcode, int also, const char *me
 	DbpoolChannelError(ch, sqlerrcode, message, detail, hint);
 }
 
-/* The connection broke while serving: answer the client and close. */
+/*
+ * The connection broke while serving: answer the client and close.  Before
+ * the request itself was sent (a prelude), it gets another connection instead.
+ */
 static void
 conn_broken(WorkerConn *conn)
 {
+	if (conn->prelude != PRELUDE_NONE && DbpoolPoolRetry(conn))
+		return;
 	DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
 						  psprintf("lost the connection to pool \"%s\"", conn->pool->name),
 						  DbpoolConnErrorText(conn), NULL);
@@ -111,6 +116,8 @@ send_request(WorkerConn *conn, WorkerChannel *ch)
 	}
 	else
 		ok = send_query(conn, ch, false);
+	if (!ok && DbpoolPoolRetry(conn))
+		return false;			/* nothing was sent: another connection has it */
 	if (!ok)
 	{
 		DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
@@ -123,13 +130,18 @@ send_request(WorkerConn *conn, WorkerChannel *ch)
 
 /*
  * Run ch's request on this idle connection.  A connection that last served
- * another local role is reset first (conn_reset.c's role reset; the request
- * follows in role_reset_done), so that no role meets another's session state.
+ * another local role is reset first (conn_reset.c's role reset), so that no
+ * role meets another's session state; one idle longer than the pool's
+ * validation_interval_ms is checked with an empty query.  The request
+ * follows when that prelude is answered (prelude_done); if the connection
+ * turns out broken, the request gets another (DbpoolPoolRetry).
  */
 void
 DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 {
 	WorkerPool *pool = conn->pool;
+	TimestampTz idle_since = conn->state_since;
+	char	   *sql = NULL;
 
 	Assert(conn->state == CONN_IDLE);
 	conn->ch = ch;
@@ -140,7 +152,8 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 	conn->result_started = false;
 	conn->status[0] = '\0';
 	conn->rows = 0;
-	conn->preparing = conn->role_reset = conn->stmt_retry = conn->stmt_lost = false;
+	conn->preparing = conn->stmt_retry = conn->stmt_lost = false;
+	conn->prelude = PRELUDE_NONE;
 	conn->stmt = NULL;
 	resetStringInfo(&conn->error);
 	conn->state = CONN_ACTIVE;
@@ -151,19 +164,26 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 		TimestampTzPlusMilliseconds(conn->state_since, pool->settings.query_timeout_ms) : 0;
 	if (OidIsValid(conn->served_role) && conn->served_role != ch->req.user)
 	{
-		char	   *sql = DbpoolConnRoleResetSQL(conn);
+		conn->prelude = PRELUDE_ROLE_RESET;
+		sql = DbpoolConnRoleResetSQL(conn);
+	}
+	else if (pool->settings.validation_interval_ms > 0 &&
+			 TimestampDifferenceExceeds(idle_since, conn->state_since,
+										pool->settings.validation_interval_ms))
+	{
+		conn->prelude = PRELUDE_VALIDATE;
+		sql = pstrdup("");
+	}
+	if (sql)
+	{
+		bool		ok = DbpoolConnFlushSent(conn, PQsendQuery(conn->pg, sql));
 
-		conn->role_reset = true;
-		if (!DbpoolConnFlushSent(conn, PQsendQuery(conn->pg, sql)))
+		pfree(sql);
+		if (!ok)
 		{
-			pfree(sql);
-			DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
-								  psprintf("could not reset a connection of pool \"%s\"", pool->name),
-								  DbpoolConnErrorText(conn), NULL);
-			DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
+			conn_broken(conn);
 			return;
 		}
-		pfree(sql);
 	}
 	else
 	{
@@ -444,22 +464,30 @@ prepare_done(WorkerConn *conn)
 }
 
 /*
- * The role reset before a request ended: forget the statement cache (the
- * server deallocated everything) and send the request.  A reset that failed
- * or whose client left meanwhile closes the connection: what it did is not
- * known.  False if the connection left the request.
+ * The prelude before a request ended.  After a role reset the statement
+ * cache is forgotten (the server deallocated everything).  A prelude that
+ * failed gives the request another connection (it was not sent), or, if it
+ * had one already, fails it; a prelude whose client left closes the
+ * connection (what a role reset did is not known).  Then the request is
+ * sent.  False if the connection left the request.
  */
 static bool
-role_reset_done(WorkerConn *conn)
+prelude_done(WorkerConn *conn)
 {
 	WorkerChannel *ch = conn->ch;
+	ConnPrelude prelude = conn->prelude;
 
-	conn->role_reset = false;
-	DbpoolStmtFree(&conn->stmts);
-	DbpoolStmtInit(&conn->stmts);
-	conn->served_role = InvalidOid;
+	if (prelude == PRELUDE_ROLE_RESET)
+	{
+		DbpoolStmtFree(&conn->stmts);
+		DbpoolStmtInit(&conn->stmts);
+		conn->served_role = InvalidOid;
+	}
 	if (conn->error.len > 0 || PQtransactionStatus(conn->pg) != PQTRANS_IDLE || ch == NULL)
 	{
+		if (ch && DbpoolPoolRetry(conn))
+			return false;
+		conn->prelude = PRELUDE_NONE;
 		if (ch)
 		{
 			DbpoolErrorFields e = {0};
@@ -467,16 +495,20 @@ role_reset_done(WorkerConn *conn)
 			if (conn->error.len > 0)
 				DbpoolProtoErrorOf(&conn->error, &e);
 			DbpoolConnFailRequest(conn, ERRCODE_CONNECTION_FAILURE, -1,
+								  prelude == PRELUDE_ROLE_RESET ?
 								  psprintf("could not reset a connection of pool \"%s\" for another role",
-										   conn->pool->name),
+										   conn->pool->name) :
+								  psprintf("lost the connection to pool \"%s\"", conn->pool->name),
 								  e.message, NULL);
 			DbpoolChannelReply(ch);
 		}
-		elog(LOG, "dbpool: closing a connection of pool \"%s\": its role reset %s",
-			 conn->pool->name, ch ? "failed" : "was interrupted");
+		elog(LOG, "dbpool: closing a connection of pool \"%s\": its %s %s",
+			 conn->pool->name, prelude == PRELUDE_ROLE_RESET ? "role reset" : "validation",
+			 ch ? "failed" : "was interrupted");
 		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 		return false;
 	}
+	conn->prelude = PRELUDE_NONE;
 	resetStringInfo(&conn->error);
 	conn->served_role = ch->req.user;
 	return send_request(conn, ch);
@@ -528,9 +560,9 @@ DbpoolConnProcessResults(WorkerConn *conn)
 		res = PQgetResult(pg);
 		if (res == NULL)
 		{
-			if (conn->role_reset)
+			if (conn->prelude != PRELUDE_NONE)
 			{
-				if (role_reset_done(conn))
+				if (prelude_done(conn))
 					continue;
 				return;
 			}
@@ -546,12 +578,12 @@ DbpoolConnProcessResults(WorkerConn *conn)
 				DbpoolConnResetStepDone(conn);
 			return;
 		}
-		if (conn->preparing || conn->role_reset || conn->state != CONN_ACTIVE)
+		if (conn->preparing || conn->prelude != PRELUDE_NONE || conn->state != CONN_ACTIVE)
 		{
-			/* a PREPARE's, a role reset's or a cleanup step's result: only an error matters */
+			/* a PREPARE's, a prelude's or a cleanup step's result: only an error matters */
 			if (PQresultStatus(res) == PGRES_FATAL_ERROR && conn->error.len == 0)
 				DbpoolProtoPutRemoteError(&conn->error, res);
-			else if (!conn->preparing && !conn->role_reset &&
+			else if (!conn->preparing && conn->prelude == PRELUDE_NONE &&
 					 (PQresultStatus(res) == PGRES_COPY_IN || PQresultStatus(res) == PGRES_COPY_OUT ||
 					  PQresultStatus(res) == PGRES_COPY_BOTH))
 			{

@@ -82,6 +82,8 @@ typedef struct DbpoolSettings
 	int			retry_max_ms;	/* longest reconnect delay */
 	int			retry_attempts; /* failed attempts in a row that make the pool down */
 	int			down_probe_interval_ms; /* how often a down pool is probed */
+	int			validation_interval_ms; /* idle longer: checked by a round trip before use;
+										 * 0 = never */
 } DbpoolSettings;
 
 typedef enum DbpoolSettingType

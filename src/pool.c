@@ -169,10 +169,12 @@ DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
 		fail_down(ch);
 		return;
 	}
-	if (dlist_is_empty(&pool->waiters) && pool->nidle > 0)
+	while (dlist_is_empty(&pool->waiters) && pool->nidle > 0)
 	{
 		WorkerConn *conn = idle_for_role(pool, ch->req.user);
 
+		if (!DbpoolConnIdleAlive(conn))
+			continue;			/* closed by its server meanwhile: the next one */
 		dlist_delete(&conn->idle_node);
 		conn->on_idle_list = false;
 		pool->nidle--;
@@ -191,6 +193,31 @@ DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch)
 	pool->nwaiting++;
 	DbpoolPoolGrow(pool);
 	DbpoolPoolPublish(pool);
+}
+
+/*
+ * The connection broke, or failed its check, before its request was sent (a
+ * prelude: validation or role reset): close it and give the request another
+ * connection, once.  False if the request was retried already (the caller
+ * fails it).
+ */
+bool
+DbpoolPoolRetry(WorkerConn *conn)
+{
+	WorkerChannel *ch = conn->ch;
+	WorkerPool *pool = conn->pool;
+
+	if (ch == NULL || ch->retried)
+		return false;
+	ch->retried = true;
+	conn->ch = NULL;
+	ch->conn = NULL;
+	DbpoolStatsCount(pool, DBPOOL_C_RETRIES);
+	elog(DEBUG1, "dbpool: a connection of pool \"%s\" broke before the request was sent: retrying on another",
+		 pool->name);
+	DbpoolConnClose(conn, DBPOOL_CLOSE_BROKEN);
+	DbpoolPoolSubmit(pool, ch);
+	return true;
 }
 
 /* Take a waiting request off its pool's queue. */

@@ -78,6 +78,7 @@ typedef struct WorkerChannel
 	TimestampTz enqueued_at;	/* when it joined the wait queue; 0 if it did not wait */
 	TimestampTz started_at;		/* when a connection started it; 0 until then */
 	bool		counted;		/* its end is in the statistics */
+	bool		retried;		/* given another connection once already (not sent) */
 	TimestampTz acquire_deadline;
 
 	/*
@@ -115,6 +116,19 @@ typedef enum ConnState
 	CONN_ACTIVE,				/* running a request (or draining an orphaned one) */
 	CONN_CLEANUP				/* ROLLBACK or reset_query after a request */
 } ConnState;
+
+/*
+ * What a connection runs before a request (conn_query.c), the request
+ * following when it is answered: a round trip that checks a connection idle
+ * longer than validation_interval_ms, or the role reset before a request of
+ * another local role (which checks the connection too).
+ */
+typedef enum ConnPrelude
+{
+	PRELUDE_NONE = 0,
+	PRELUDE_VALIDATE,
+	PRELUDE_ROLE_RESET
+} ConnPrelude;
 
 /* One outbound connection. */
 struct WorkerConn
@@ -169,7 +183,7 @@ struct WorkerConn
 	StmtCache	stmts;
 	StmtEntry  *stmt;			/* the current request's entry, NULL if none */
 	bool		preparing;		/* its PREPARE is in flight; the query follows */
-	bool		role_reset;		/* its role reset is in flight; the request follows */
+	ConnPrelude prelude;		/* a validation or role reset in flight; the request follows */
 	Oid			served_role;	/* local role of the last request since the last role
 								 * reset; InvalidOid if none */
 	bool		stmt_retry;		/* it failed at Bind: run it again unnamed */
@@ -254,6 +268,7 @@ extern void DbpoolChannelError(WorkerChannel *ch, int sqlerrcode, const char *me
 extern WorkerPool *DbpoolPoolFind(const char *name);
 extern WorkerPool *DbpoolPoolBySlot(int slot, uint64 pool_id);
 extern void DbpoolPoolSubmit(WorkerPool *pool, WorkerChannel *ch);
+extern bool DbpoolPoolRetry(WorkerConn *conn);
 extern void DbpoolPoolForget(WorkerChannel *ch);
 extern void DbpoolPoolFailWaiter(WorkerChannel *ch, int sqlerrcode, int also,
 								 const char *message, const char *detail, const char *hint);
@@ -282,6 +297,7 @@ extern char *DbpoolConnErrorText(WorkerConn *conn);
 extern bool DbpoolConnFlushSent(WorkerConn *conn, int ok);
 extern void DbpoolConnDrainNotifies(WorkerConn *conn);
 extern void DbpoolConnProcess(WorkerConn *conn);
+extern bool DbpoolConnIdleAlive(WorkerConn *conn);
 extern void DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason);
 extern void DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now);
 extern uint32 DbpoolConnWantedEvents(WorkerConn *conn);
