@@ -11,6 +11,7 @@ OBJS = \
 	src/sync.o \
 	src/channel.o \
 	src/query.o \
+	src/ops.o \
 	src/admin.o \
 	src/worker.o \
 	src/config.o \

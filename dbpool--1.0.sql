@@ -212,6 +212,17 @@ AS 'MODULE_PATHNAME', 'dbpool_detailed_metrics'
 LANGUAGE C VOLATILE;
 
 -- Owners reset their pools, superusers any (checked in C).
+-- The operator's manual operations (owner or superuser; checked in C).
+CREATE FUNCTION dbpool_restart_pool(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_restart_pool'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION dbpool_cleanup_pool(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'dbpool_cleanup_pool'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION dbpool_reset_stats(pool text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_reset_stats'

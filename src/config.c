@@ -82,6 +82,7 @@ publish_config(WorkerPool *pool, const PoolConfig *cfg)
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
 	slot->in_use = true;
 	slot->pool_id = pool->pool_id;
+	pg_atomic_write_u32(&slot->ops_pending, 0);	/* none were for this pool */
 	strlcpy(slot->name, cfg->name, sizeof(slot->name));
 	slot->owner = cfg->owner;
 	slot->ngrantees = cfg->ngrantees;

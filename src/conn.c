@@ -188,6 +188,7 @@ DbpoolConnOpen(WorkerPool *pool)
 	conn->wait_pos = -1;
 	conn->created_at = conn->state_since = now;
 	conn->conninfo_gen = pool->conninfo_gen;
+	conn->restart_gen = pool->restart_gen;
 	DbpoolStatsConnOpened(conn);
 	old = MemoryContextSwitchTo(DbpoolWorkerContext);
 	initStringInfo(&conn->error);

@@ -168,6 +168,7 @@ typedef struct DbpoolPoolSlot
 	TimestampTz created_at;
 	DbpoolSettings settings;
 	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted */
+	pg_atomic_uint32 ops_pending;	/* manual operations asked for (ops.c) */
 
 } DbpoolPoolSlot;
 
@@ -205,6 +206,8 @@ typedef struct DbpoolShared
 	pg_atomic_uint64 registry_gen;	/* bumped after every change a lookup could see */
 	pg_atomic_uint64 reset_requested;	/* bumped by dbpool_reset_stats() */
 	pg_atomic_uint64 reset_applied;	/* the last request the worker has applied */
+	pg_atomic_uint64 ops_requested;	/* bumped by dbpool_restart_pool/cleanup_pool */
+	pg_atomic_uint64 ops_applied;	/* the last request the worker has applied */
 	uint64		next_pool_id;	/* worker only */
 	uint64		next_conn_id;	/* worker only */
 	int			nchannels;

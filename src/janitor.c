@@ -94,6 +94,16 @@ check_connections(WorkerPool *pool, TimestampTz now)
 
 		if (conn->state == CONN_IDLE)
 			check_idle(conn, now);
+		else if (conn->ch && conn->restart_gen != pool->restart_gen &&
+				 now >= pool->restart_deadline)
+		{
+			DbpoolConnFailRequest(conn, ERRCODE_ADMIN_SHUTDOWN, -1,
+								  psprintf("pool \"%s\" was restarted while the query ran", pool->name),
+								  psprintf("Queries may run for %d ms after dbpool_restart_pool().",
+										   DBPOOL_DROP_GRACE_MS),
+								  NULL);
+			DbpoolConnOrphan(conn);
+		}
 		else if (pool->dropping && conn->ch && now >= pool->drop_deadline)
 		{
 			DbpoolConnFailRequest(conn, ERRCODE_ADMIN_SHUTDOWN, -1,

@@ -44,7 +44,9 @@
  *	- The pending bitmap is set by backends (fetch-or) and cleared by the
  *	  worker (exchange); a set bit says "look at this channel".
  *	- reset_requested and reset_applied work as config_requested and
- *	  config_applied, for dbpool_reset_stats (stats.c states the rest).
+ *	  config_applied, for dbpool_reset_stats (stats.c states the rest);
+ *	  ops_requested and ops_applied, with each slot's ops_pending, for
+ *	  dbpool_restart_pool and dbpool_cleanup_pool (ops.c states the rest).
  *	- next_pool_id and next_conn_id are the worker's alone.
  */
 #include "postgres.h"
@@ -131,9 +133,14 @@ DbpoolShmemStartup(void)
 		pg_atomic_init_u64(&DbpoolShmem->registry_gen, 1);
 		pg_atomic_init_u64(&DbpoolShmem->reset_requested, 0);
 		pg_atomic_init_u64(&DbpoolShmem->reset_applied, 0);
+		pg_atomic_init_u64(&DbpoolShmem->ops_requested, 0);
+		pg_atomic_init_u64(&DbpoolShmem->ops_applied, 0);
 		DbpoolShmem->next_pool_id = 1;
 		for (i = 0; i < DbpoolMaxPools; i++)
+		{
 			DbpoolShmem->pools[i].index = i;
+			pg_atomic_init_u32(&DbpoolShmem->pools[i].ops_pending, 0);
+		}
 	}
 	/* pointers are per process (EXEC_BACKEND maps elsewhere): always recompute */
 	DbpoolShmem->pending = (pg_atomic_uint64 *) (base + header_size());

@@ -432,6 +432,7 @@ DbpoolWorkerMain(Datum main_arg)
 		DbpoolWorkerProcessPending();
 		process_blocked();
 		DbpoolStatsApplyResets();
+		DbpoolOpsApply();
 		if (DbpoolWorkerServeNeeded)
 			DbpoolPoolServeAll();
 		housekeeping_if_due();

@@ -152,6 +152,7 @@ struct WorkerConn
 	TimestampTz state_since;
 	TimestampTz deadline;		/* connect, query, cancel or drop deadline; 0 = none */
 	uint32		conninfo_gen;	/* pool->conninfo_gen when opened */
+	uint32		restart_gen;	/* pool->restart_gen when opened */
 	uint64		requests_served;
 	bool		retire;			/* close instead of returning to the pool */
 	DbpoolCloseReason retire_reason;	/* ... and why */
@@ -205,6 +206,8 @@ struct WorkerPool
 	bool		stmt_cache_allowed;	/* its reset_query keeps prepared statements */
 	bool		dropping;
 	TimestampTz drop_deadline;
+	uint32		restart_gen;	/* bumped by dbpool_restart_pool (ops.c) */
+	TimestampTz restart_deadline;	/* older queries are cancelled after it */
 
 	dlist_head	conns;
 	dlist_head	idle;			/* most recently used first */
@@ -286,6 +289,9 @@ extern void DbpoolPoolResetFailures(WorkerPool *pool);
 extern void DbpoolPoolServeAll(void);
 extern void DbpoolPoolPublish(WorkerPool *pool);
 extern void DbpoolPoolCloseAll(void);
+
+/* ops.c */
+extern void DbpoolOpsApply(void);
 
 /* janitor.c */
 extern void DbpoolJanitorTick(TimestampTz now);
