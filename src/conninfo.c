@@ -132,11 +132,15 @@ DbpoolRedactConninfo(const char *conninfo)
 
 /*
  * Build libpq's keyword/value arrays into p: our defaults, the conninfo's
- * options, then what we force (client_encoding UTF8; nothing else, so the
- * foreign database's and role's settings apply to the callers' SQL).  They live in p->cxt (made under parent on
- * first use, reset on every rebuild).  On a conninfo libpq cannot parse the
- * arrays are left NULL and false is returned: connection attempts then fail
- * with a clear error instead of reaching an old target.
+ * options, then what we force: client_encoding UTF8, and the startup option
+ * client_connection_check_interval ahead of the conninfo's own options, so
+ * that a foreign session whose client is gone (the worker killed) ends its
+ * query.  Nothing that changes what SQL means: the foreign database's and
+ * role's settings apply to the callers' SQL.  The arrays live in p->cxt
+ * (made under parent on first use, reset on every rebuild).  On a conninfo
+ * libpq cannot parse the arrays are left NULL and false is returned:
+ * connection attempts then fail with a clear error instead of reaching an
+ * old target.
  */
 bool
 DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryContext parent)
@@ -152,7 +156,7 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	PQconninfoOption *o;
 	char	   *err = NULL;
 	int			n = 0,
-				max = lengthof(defaults) + 3;
+				max = lengthof(defaults) + 4;
 	int			connect_timeout = 10;
 	MemoryContext old;
 	int			i;
@@ -161,6 +165,9 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 		p->cxt = AllocSetContextCreate(parent, "dbpool pool params", ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(p->cxt);
 	p->keywords = p->values = NULL;
+	p->options_at = -1;
+	p->options_plain = NULL;
+	p->client_check_dropped = false;
 
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
@@ -185,9 +192,25 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 			continue;
 		if (strcmp(o->keyword, "connect_timeout") == 0)
 			connect_timeout = atoi(o->val);
+		if (strcmp(o->keyword, "options") == 0)
+		{
+			p->options_at = n;
+			p->options_plain = pstrdup(o->val);
+		}
 		p->keywords[n] = pstrdup(o->keyword);
 		p->values[n++] = pstrdup(o->val);
 	}
+	if (p->options_at < 0)
+	{
+		p->options_at = n;
+		p->keywords[n] = "options";
+		p->values[n++] = "";
+	}
+	/* ours first, so that the conninfo's own -c client_connection_check_interval wins */
+	p->values[p->options_at] = psprintf("-c client_connection_check_interval=%d%s%s",
+										DBPOOL_CLIENT_CHECK_MS,
+										p->options_plain ? " " : "",
+										p->options_plain ? p->options_plain : "");
 	p->keywords[n] = "fallback_application_name";
 	p->values[n++] = "dbpool";
 	p->keywords[n] = "client_encoding";
@@ -198,6 +221,22 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	/* libpq treats 1 as 2 and <= 0 as none; we enforce it ourselves, never unbounded */
 	p->connect_timeout_ms = (connect_timeout <= 0 ? 10 : Max(connect_timeout, 2)) * 1000;
 	PQconninfoFree(opts);
+	return true;
+}
+
+/*
+ * The foreign server refused the startup option that sets
+ * client_connection_check_interval (before 14, or a platform without it, or
+ * a proxy that takes no options): connect with the conninfo's own options
+ * from now on.  False if they were already the conninfo's own.
+ */
+bool
+DbpoolConninfoDropClientCheck(DbpoolConnParams *p)
+{
+	if (p->keywords == NULL || p->options_at < 0 || p->client_check_dropped)
+		return false;
+	p->values[p->options_at] = p->options_plain ? p->options_plain : "";
+	p->client_check_dropped = true;
 	return true;
 }
 

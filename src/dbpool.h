@@ -46,6 +46,7 @@
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
 #define DBPOOL_LOG_INTERVAL_MS	60000	/* repeated log lines: at most once a minute */
 #define DBPOOL_STYLE_LEN		64		/* room for a DateStyle or IntervalStyle value */
+#define DBPOOL_CLIENT_CHECK_MS	1000	/* client_connection_check_interval of foreign sessions */
 
 /* GUCs (dbpool.c) */
 extern char *DbpoolDatabase;
@@ -109,6 +110,9 @@ typedef struct DbpoolConnParams
 	const char **keywords;		/* NULL if the conninfo does not parse */
 	const char **values;
 	int			connect_timeout_ms; /* enforced by the worker, never unbounded */
+	int			options_at;		/* index of "options" in the arrays */
+	const char *options_plain;	/* the conninfo's own options, NULL if none */
+	bool		client_check_dropped;	/* the server refused our startup option */
 } DbpoolConnParams;
 
 struct pg_conn;					/* libpq's PGconn */
@@ -117,6 +121,7 @@ extern void DbpoolValidateConninfo(const char *conninfo, bool owner_is_superuser
 extern char *DbpoolRedactConninfo(const char *conninfo);
 extern bool DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p,
 									  MemoryContext parent);
+extern bool DbpoolConninfoDropClientCheck(DbpoolConnParams *p);
 extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_superuser);
 
 /* ---------- shared memory (shmem.c) ---------- */

@@ -129,6 +129,7 @@ struct WorkerConn
 	bool		readable;		/* reported by the last wait */
 	bool		writable;
 	PostgresPollingStatusType poll;	/* while CONN_CONNECTING */
+	bool		client_check;	/* its startup packet set client_connection_check_interval */
 	bool		flushing;		/* output not yet flushed */
 	TimestampTz created_at;
 	TimestampTz state_since;
