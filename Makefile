@@ -22,6 +22,7 @@ OBJS = \
 	src/conn_reset.o \
 	src/stmtcache.o \
 	src/cancel.o \
+	src/exit_cancel.o \
 	src/stats.o \
 	src/slowlog.o \
 	src/figures.o \

@@ -315,6 +315,10 @@ extern void DbpoolStatsConnClosed(WorkerConn *conn);
 extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at,
 							 int64 us, int64 rows, const char *sqlstate);
 
+/* exit_cancel.c */
+extern void DbpoolExitCancelStart(void);
+extern void DbpoolExitCancelWait(void);
+
 /* cancel.c */
 extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);
 extern bool DbpoolCancelDone(DbpoolCancel *c);
