@@ -109,7 +109,7 @@ DbpoolConnOpen(WorkerPool *pool)
 	conn->wait_pos = -1;
 	conn->created_at = conn->state_since = now;
 	conn->conninfo_gen = pool->conninfo_gen;
-	conn->client_check = !pool->params.client_check_dropped;
+	conn->client_check = !pool->params.client_check_off;
 	DbpoolStatsConnOpened(conn);
 	old = MemoryContextSwitchTo(DbpoolWorkerContext);
 	initStringInfo(&conn->error);

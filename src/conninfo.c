@@ -130,12 +130,26 @@ DbpoolRedactConninfo(const char *conninfo)
 	return buf.data;
 }
 
+/* Whether the conninfo, or the environment libpq reads, names a service file entry. */
+static bool
+service_named(PQconninfoOption *opts)
+{
+	PQconninfoOption *o;
+	const char *env = getenv("PGSERVICE");
+
+	for (o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "service") == 0 && o->val != NULL && o->val[0] != '\0')
+			return true;
+	return env != NULL && env[0] != '\0';
+}
+
 /*
  * Build libpq's keyword/value arrays into p: our defaults, the conninfo's
  * options, then what we force: client_encoding UTF8, and the startup option
  * client_connection_check_interval ahead of the conninfo's own options, so
  * that a foreign session whose client is gone (the worker killed) ends its
- * query.  Nothing that changes what SQL means: the foreign database's and
+ * query (not when a service file may hold options and the conninfo has
+ * none: libpq would take ours instead of the file's).  Nothing that changes what SQL means: the foreign database's and
  * role's settings apply to the callers' SQL.  The arrays live in p->cxt
  * (made under parent on first use, reset on every rebuild).  On a conninfo
  * libpq cannot parse the arrays are left NULL and false is returned:
@@ -167,7 +181,7 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	p->keywords = p->values = NULL;
 	p->options_at = -1;
 	p->options_plain = NULL;
-	p->client_check_dropped = false;
+	p->client_check_off = false;
 
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
@@ -200,17 +214,22 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 		p->keywords[n] = pstrdup(o->keyword);
 		p->values[n++] = pstrdup(o->val);
 	}
-	if (p->options_at < 0)
+	if (p->options_at < 0 && service_named(opts))
+		p->client_check_off = true; /* our options would hide the service file's */
+	else
 	{
-		p->options_at = n;
-		p->keywords[n] = "options";
-		p->values[n++] = "";
+		if (p->options_at < 0)
+		{
+			p->options_at = n;
+			p->keywords[n] = "options";
+			p->values[n++] = "";
+		}
+		/* ours first, so that the conninfo's own -c client_connection_check_interval wins */
+		p->values[p->options_at] = psprintf("-c client_connection_check_interval=%d%s%s",
+											DBPOOL_CLIENT_CHECK_MS,
+											p->options_plain ? " " : "",
+											p->options_plain ? p->options_plain : "");
 	}
-	/* ours first, so that the conninfo's own -c client_connection_check_interval wins */
-	p->values[p->options_at] = psprintf("-c client_connection_check_interval=%d%s%s",
-										DBPOOL_CLIENT_CHECK_MS,
-										p->options_plain ? " " : "",
-										p->options_plain ? p->options_plain : "");
 	p->keywords[n] = "fallback_application_name";
 	p->values[n++] = "dbpool";
 	p->keywords[n] = "client_encoding";
@@ -233,10 +252,10 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 bool
 DbpoolConninfoDropClientCheck(DbpoolConnParams *p)
 {
-	if (p->keywords == NULL || p->options_at < 0 || p->client_check_dropped)
+	if (p->keywords == NULL || p->options_at < 0 || p->client_check_off)
 		return false;
 	p->values[p->options_at] = p->options_plain ? p->options_plain : "";
-	p->client_check_dropped = true;
+	p->client_check_off = true;
 	return true;
 }
 

@@ -112,7 +112,7 @@ typedef struct DbpoolConnParams
 	int			connect_timeout_ms; /* enforced by the worker, never unbounded */
 	int			options_at;		/* index of "options" in the arrays */
 	const char *options_plain;	/* the conninfo's own options, NULL if none */
-	bool		client_check_dropped;	/* the server refused our startup option */
+	bool		client_check_off;	/* not sent: refused, or a service file's options apply */
 } DbpoolConnParams;
 
 struct pg_conn;					/* libpq's PGconn */
