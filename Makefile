@@ -24,6 +24,7 @@ OBJS = \
 	src/stmtcache.o \
 	src/cancel.o \
 	src/resolve.o \
+	src/exit_cancel.o \
 	src/stats.o \
 	src/slowlog.o \
 	src/figures.o \

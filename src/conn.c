@@ -189,6 +189,7 @@ DbpoolConnOpen(WorkerPool *pool)
 	conn->created_at = conn->state_since = now;
 	conn->conninfo_gen = pool->conninfo_gen;
 	conn->restart_gen = pool->restart_gen;
+	conn->client_check = !pool->params.client_check_off;
 	DbpoolStatsConnOpened(conn);
 	old = MemoryContextSwitchTo(DbpoolWorkerContext);
 	initStringInfo(&conn->error);
@@ -311,6 +312,19 @@ DbpoolConnWantedEvents(WorkerConn *conn)
 	return 0;
 }
 
+/*
+ * Whether a failed attempt's error is the server refusing our startup option
+ * client_connection_check_interval: a server before 14 does not know it, one
+ * on a platform without it refuses a value, a proxy such as PgBouncer may
+ * take no options at all.
+ */
+static bool
+client_check_refused(const char *error)
+{
+	return strstr(error, "client_connection_check_interval") != NULL ||
+		strstr(error, "unsupported startup parameter") != NULL;
+}
+
 /* Drive a connection attempt one step; on success it goes to its pool. */
 static void
 connect_poll(WorkerConn *conn)
@@ -331,7 +345,23 @@ connect_poll(WorkerConn *conn)
 	DbpoolWorkerSocketsChanged();
 	if (conn->poll == PGRES_POLLING_FAILED)
 	{
-		fail_connect_08001(conn, DbpoolConnErrorText(conn));
+		char	   *error = DbpoolConnErrorText(conn);
+
+		if (conn->client_check && client_check_refused(error))
+		{
+			/*
+			 * Not a failure of the target: attempts from now on go without
+			 * the option (others started with it meet the same refusal).
+			 */
+			if (DbpoolConninfoDropClientCheck(&pool->params))
+				ereport(LOG,
+						(errmsg("dbpool: the server of pool \"%s\" refused the startup option client_connection_check_interval; connecting without it",
+								pool->name),
+						 errdetail_internal("%s", error)));
+			DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
+			return;
+		}
+		fail_connect_08001(conn, error);
 		return;
 	}
 	if (conn->poll != PGRES_POLLING_OK)

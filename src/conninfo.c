@@ -253,13 +253,31 @@ plan_lookups(PQconninfoOption *opts, DbpoolConnParams *p)
 	p->lookup = lookup;
 }
 
+/* Whether the conninfo, or the environment libpq reads, names a service file entry. */
+static bool
+service_named(PQconninfoOption *opts)
+{
+	PQconninfoOption *o;
+	const char *env = getenv("PGSERVICE");
+
+	for (o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "service") == 0 && o->val != NULL && o->val[0] != '\0')
+			return true;
+	return env != NULL && env[0] != '\0';
+}
+
 /*
  * Build libpq's keyword/value arrays into p: our defaults, the conninfo's
- * options, then what we force (client_encoding UTF8; nothing else, so the
- * foreign database's and role's settings apply to the callers' SQL).  They live in p->cxt (made under parent on
- * first use, reset on every rebuild).  On a conninfo libpq cannot parse the
- * arrays are left NULL and false is returned: connection attempts then fail
- * with a clear error instead of reaching an old target.
+ * options, then what we force: client_encoding UTF8, and the startup option
+ * client_connection_check_interval ahead of the conninfo's own options, so
+ * that a foreign session whose client is gone (the worker killed) ends its
+ * query (not when a service file may hold options and the conninfo has
+ * none: libpq would take ours instead of the file's).  Nothing that changes what SQL means: the foreign database's and
+ * role's settings apply to the callers' SQL.  The arrays live in p->cxt
+ * (made under parent on first use, reset on every rebuild).  On a conninfo
+ * libpq cannot parse the arrays are left NULL and false is returned:
+ * connection attempts then fail with a clear error instead of reaching an
+ * old target.
  */
 bool
 DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryContext parent)
@@ -275,7 +293,7 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	PQconninfoOption *o;
 	char	   *err = NULL;
 	int			n = 0,
-				max = lengthof(defaults) + 3;
+				max = lengthof(defaults) + 4;
 	int			connect_timeout = 10;
 	MemoryContext old;
 	int			i;
@@ -285,6 +303,9 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 	MemoryContextReset(p->cxt);
 	p->keywords = p->values = NULL;
 	p->nhosts = 0;
+	p->options_at = -1;
+	p->options_plain = NULL;
+	p->client_check_off = false;
 
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
@@ -309,8 +330,29 @@ DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p, MemoryConte
 			continue;
 		if (strcmp(o->keyword, "connect_timeout") == 0)
 			connect_timeout = atoi(o->val);
+		if (strcmp(o->keyword, "options") == 0)
+		{
+			p->options_at = n;
+			p->options_plain = pstrdup(o->val);
+		}
 		p->keywords[n] = pstrdup(o->keyword);
 		p->values[n++] = pstrdup(o->val);
+	}
+	if (p->options_at < 0 && service_named(opts))
+		p->client_check_off = true; /* our options would hide the service file's */
+	else
+	{
+		if (p->options_at < 0)
+		{
+			p->options_at = n;
+			p->keywords[n] = "options";
+			p->values[n++] = "";
+		}
+		/* ours first, so that the conninfo's own -c client_connection_check_interval wins */
+		p->values[p->options_at] = psprintf("-c client_connection_check_interval=%d%s%s",
+											DBPOOL_CLIENT_CHECK_MS,
+											p->options_plain ? " " : "",
+											p->options_plain ? p->options_plain : "");
 	}
 	p->keywords[n] = "fallback_application_name";
 	p->values[n++] = "dbpool";
@@ -403,6 +445,22 @@ DbpoolConninfoAttemptParams(const DbpoolConnParams *p, const char *const *addrs,
 	(*keywords)[n] = NULL;
 	(*values)[n] = NULL;
 	return count;
+}
+
+/*
+ * The foreign server refused the startup option that sets
+ * client_connection_check_interval (before 14, or a platform without it, or
+ * a proxy that takes no options): connect with the conninfo's own options
+ * from now on.  False if they were already the conninfo's own.
+ */
+bool
+DbpoolConninfoDropClientCheck(DbpoolConnParams *p)
+{
+	if (p->keywords == NULL || p->options_at < 0 || p->client_check_off)
+		return false;
+	p->values[p->options_at] = p->options_plain ? p->options_plain : "";
+	p->client_check_off = true;
+	return true;
 }
 
 /* After connecting: whether the password rule holds (a superuser's pool, or a password was used). */

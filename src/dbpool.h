@@ -50,6 +50,7 @@
 #define DBPOOL_MAX_LOOKUPS		64		/* host name lookup threads at once, all pools */
 #define DBPOOL_MAX_LOOKUP_ADDRS	16		/* addresses of one host name that are tried */
 #define DBPOOL_LOOKUP_MAX_AGE_MS 60000	/* a lookup older than this is not joined */
+#define DBPOOL_CLIENT_CHECK_MS	1000	/* client_connection_check_interval of foreign sessions */
 
 /* GUCs (dbpool.c) */
 extern char *DbpoolDatabase;
@@ -130,6 +131,9 @@ typedef struct DbpoolConnParams
 	char	  **hostaddrs;		/* each entry of hostaddr ("" = none) */
 	char	  **ports;			/* each entry of port; NULL if port has at most one */
 	char	  **lookup;			/* the name to look up for each entry, NULL if none */
+	int			options_at;		/* index of "options" in the arrays */
+	const char *options_plain;	/* the conninfo's own options, NULL if none */
+	bool		client_check_off;	/* not sent: refused, or a service file's options apply */
 } DbpoolConnParams;
 
 struct pg_conn;					/* libpq's PGconn */
@@ -140,6 +144,7 @@ extern bool DbpoolConninfoBuildParams(const char *conninfo, DbpoolConnParams *p,
 									  MemoryContext parent);
 extern int	DbpoolConninfoAttemptParams(const DbpoolConnParams *p, const char *const *addrs,
 										const char ***keywords, const char ***values);
+extern bool DbpoolConninfoDropClientCheck(DbpoolConnParams *p);
 extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_superuser);
 
 /* ---------- shared memory (shmem.c) ---------- */

@@ -152,7 +152,11 @@ wait_for_database(void)
 	}
 }
 
-/* Exit callback: stop serving, close connections, release every channel. */
+/*
+ * Exit callback: stop serving, cancel the remote commands in flight, close
+ * connections, release every channel (its clients get their error now),
+ * then wait a bounded time for the cancels to be delivered.
+ */
 static void
 worker_exit(int code, Datum arg)
 {
@@ -160,8 +164,10 @@ worker_exit(int code, Datum arg)
 	DbpoolShmem->worker_pid = 0;
 	DbpoolShmem->worker_proc = NULL;
 	SpinLockRelease(&DbpoolShmem->mutex);
+	DbpoolExitCancelStart();
 	DbpoolPoolCloseAll();
 	DbpoolWorkerDetachAll();
+	DbpoolExitCancelWait();
 }
 
 /* Build the wait set afresh: latch, postmaster death, each socket that wants events. */

@@ -147,6 +147,7 @@ struct WorkerConn
 	PostgresPollingStatusType poll;	/* while CONN_CONNECTING */
 	bool		resolving;		/* CONN_CONNECTING, waiting for its pool's host name
 								 * lookup (pg is NULL until it ends) */
+	bool		client_check;	/* its startup packet set client_connection_check_interval */
 	bool		flushing;		/* output not yet flushed */
 	TimestampTz created_at;
 	TimestampTz state_since;
@@ -359,6 +360,10 @@ extern void DbpoolStatsConnError(WorkerConn *conn, const char *message, Oid role
 extern void DbpoolStatsConnClosed(WorkerConn *conn);
 extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at,
 							 int64 us, int64 rows, const char *sqlstate);
+
+/* exit_cancel.c */
+extern void DbpoolExitCancelStart(void);
+extern void DbpoolExitCancelWait(void);
 
 /* cancel.c */
 extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);

@@ -72,11 +72,7 @@ ok(defined $ret, 'the waiting client does not hang on the dead worker');
 ok(defined $ret && $ret != 0 && $err =~ /ERROR:/, 'it gets an ERROR')
   or diag("ret " . ($ret // 'timeout') . " out '$out' err '$err'");
 ok(poll_until($l, $q, '1'), 'queries work again after this worker restart');
-TODO:
-{
-	local $TODO = 'not in the contract: a dying worker could cancel its remote queries';
-	ok(poll_until($f, $sleep59, '0', 10), 'the orphaned remote query is cancelled');
-}
+ok(poll_until($f, $sleep59, '0', 10), 'the exiting worker cancelled its remote query');
 
 # --- F dies under a running query ---------------------------------------------------------
 $bg = start_bg($l, q{SELECT * FROM dbpool_query('fpool', 'SELECT pg_sleep(60)') AS t(x text)});
