@@ -340,7 +340,7 @@ create_pool('old',
 query_ok($l, call_sql('old', 'options?'), '-c search_path=s1',
 	"a server that refuses the option: the call is served with the conninfo's own options");
 ok(poll_until($l, q{SELECT total_connections || ' ' || state FROM dbpool_metrics WHERE pool = 'old'},
-	'3 ready'), 'min_size reached: the attempts refused together are not failures');
+	'3 ok'), 'min_size reached: the attempts refused together are not failures');
 query_ok($l, q{SELECT errors_total FROM dbpool_metrics WHERE pool = 'old'}, '0',
 	'no error counted');
 my $log = slurp_file($l->logfile);
