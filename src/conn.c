@@ -24,10 +24,17 @@
 #include "dbpool.h"
 #include "worker.h"
 
-/* libpq notice processor that drops remote notices (they would go to the server log). */
+/*
+ * libpq notice processor that drops remote notices (they would go to the
+ * server log); a large one marks its connection (arg) for closing.
+ */
 static void
 notice_noop(void *arg, const char *message)
 {
+	WorkerConn *conn = (WorkerConn *) arg;
+
+	if (strlen(message) > DBPOOL_LARGE_MESSAGE_BYTES)
+		conn->large = true;
 }
 
 /* Change state, note when, add up the time spent active, and publish it. */
@@ -74,7 +81,11 @@ DbpoolConnDrainNotifies(WorkerConn *conn)
 	PGnotify   *n;
 
 	while ((n = PQnotifies(conn->pg)) != NULL)
+	{
+		if (strlen(n->relname) + strlen(n->extra) > DBPOOL_LARGE_MESSAGE_BYTES)
+			conn->large = true;
 		PQfreemem(n);
+	}
 }
 
 /* A connection attempt failed (an ERRCODE_* value): tell the pool (its waiters), then close. */
@@ -193,7 +204,7 @@ connect_poll(WorkerConn *conn)
 	if (conn->poll != PGRES_POLLING_OK)
 		return;
 	(void) PQsetnonblocking(conn->pg, 1);
-	PQsetNoticeProcessor(conn->pg, notice_noop, NULL);
+	PQsetNoticeProcessor(conn->pg, notice_noop, conn);
 	if (!DbpoolConninfoPasswordRuleMet(conn->pg, pool->owner_is_superuser))
 	{
 		fail_connect(conn, ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED,
@@ -234,6 +245,8 @@ idle_watch(WorkerConn *conn)
 		PQclear(res);
 	}
 	DbpoolConnDrainNotifies(conn);
+	if (conn->large)
+		DbpoolConnClose(conn, DBPOOL_CLOSE_LARGE);	/* a large notice or notification */
 }
 
 /* Act on socket readiness (or on the client having read) for this connection. */
@@ -327,6 +340,8 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 		DbpoolCancelForget(conn->cancel);
 	if (conn->pg)
 		PQfinish(conn->pg);
+	if (conn->large)
+		DbpoolWorkerFreedLarge();	/* libpq's buffers held a large value */
 	DbpoolStmtFree(&conn->stmts);
 	if (conn->has_fd)
 		ReleaseExternalFD();

@@ -46,7 +46,8 @@ int64		DbpoolHistBounds[DBPOOL_HIST_BOUNDS];
 const char *const DbpoolCounterNames[DBPOOL_NUM_COUNTERS] = {
 	"queries", "errors", "acquire_timeouts", "query_timeouts", "cancels", "slow_queries",
 	"rows", "connections_created", "connection_failures", "closed_idle", "closed_lifetime",
-	"closed_error", "closed_resize", "closed_config", "closed_drop"
+	"closed_error", "closed_resize", "closed_config", "closed_drop",
+	"closed_large"
 };
 
 /* Worker-local: free connection entries, a stack of indexes. */

@@ -50,6 +50,7 @@ typedef enum DbpoolCounter
 	DBPOOL_C_CLOSED_RESIZE,		/* max_size lowered, or its slot given to another pool */
 	DBPOOL_C_CLOSED_CONFIG,		/* conninfo or owner changed */
 	DBPOOL_C_CLOSED_DROP,		/* the pool was dropped */
+	DBPOOL_C_CLOSED_LARGE,		/* it carried a large value (DBPOOL_LARGE_MESSAGE_BYTES) */
 	DBPOOL_NUM_COUNTERS
 } DbpoolCounter;
 
@@ -64,7 +65,8 @@ typedef enum DbpoolCloseReason
 	DBPOOL_CLOSE_ERROR = DBPOOL_C_CLOSED_ERROR,
 	DBPOOL_CLOSE_RESIZE = DBPOOL_C_CLOSED_RESIZE,
 	DBPOOL_CLOSE_CONFIG = DBPOOL_C_CLOSED_CONFIG,
-	DBPOOL_CLOSE_DROP = DBPOOL_C_CLOSED_DROP
+	DBPOOL_CLOSE_DROP = DBPOOL_C_CLOSED_DROP,
+	DBPOOL_CLOSE_LARGE = DBPOOL_C_CLOSED_LARGE
 } DbpoolCloseReason;
 
 typedef struct DbpoolHist

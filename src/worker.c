@@ -20,6 +20,10 @@
  */
 #include "postgres.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -57,6 +61,7 @@ static dlist_head blocked_channels = DLIST_STATIC_INIT(blocked_channels);
 static TimestampTz next_tick = 0;
 static WaitEventSet *wait_set = NULL;
 static MemoryContext loop_cxt = NULL;
+static bool freed_large = false;
 
 /* Connections changed sockets: rebuild the wait set before the next wait. */
 void
@@ -78,6 +83,30 @@ DbpoolWorkerDeadline(TimestampTz t)
 {
 	if (t != 0 && (next_tick == 0 || t < next_tick))
 		next_tick = t;
+}
+
+/* Something large was freed: give free memory back to the system before the next wait. */
+void
+DbpoolWorkerFreedLarge(void)
+{
+	freed_large = true;
+}
+
+/*
+ * After large buffers were freed: glibc keeps freed heap memory for reuse
+ * unless told (only chunks above its mmap threshold go back by themselves),
+ * so the worker would keep the size of the largest values it ever held.
+ * Not done on every iteration: malloc_trim walks the whole heap.
+ */
+static void
+trim_if_freed_large(void)
+{
+	if (!freed_large)
+		return;
+	freed_large = false;
+#ifdef __GLIBC__
+	(void) malloc_trim(0);
+#endif
 }
 
 /* True at most once a minute, across worker restarts, for "still waiting" lines. */
@@ -416,6 +445,7 @@ DbpoolWorkerMain(Datum main_arg)
 	{
 		MemoryContextSwitchTo(loop_cxt);
 		MemoryContextReset(loop_cxt);
+		trim_if_freed_large();
 		wait_for_events();
 		if (!serve_interrupts())
 			break;
