@@ -4,11 +4,12 @@
  *		the bytes that travel are proto.c's).
  *
  * The pending bitmap says which channels have news: the worker attaches to
- * new queues, frees abandoned channels, and takes requests, which it hands
- * to their pool.  Responses accumulate in the channel's out buffer and are
- * sent with nowait; a full queue parks the channel on the worker's blocked
- * list (backpressure) and the message is offered again, unchanged, once the
- * backend has read.  The channel's states and their rules are at the top of
+ * new queues, frees abandoned channels, and takes requests (in pieces, put
+ * together here), which it hands to their pool.  Responses accumulate in the
+ * channel's out buffer and are sent with nowait; a full queue parks the
+ * channel on the worker's blocked list (backpressure) and the message is
+ * offered again, unchanged, once the backend has read.  Buffers that a large
+ * message grew are freed when their request ends.  The channel's states and their rules are at the top of
  * shmem.c.
  */
 #include "postgres.h"

@@ -12,6 +12,8 @@
  * from the channels the pending bitmap names (channel_worker.c), responses a
  * full queue held back, statistics resets, pools waiting for room under the
  * global cap (pool.c), and housekeeping when a deadline is due (janitor.c).
+ * After large values were freed, the next iteration gives free heap memory
+ * back to the system (trim_if_freed_large).
  *
  * It never waits on the network (non-blocking libpq; cancels in threads,
  * cancel.c) and never raises an ERROR for a remote or client problem.  Its
