@@ -45,7 +45,11 @@ result_desc_size(const PGresult *res)
 	int			i;
 
 	for (i = 0; i < PQnfields(res); i++)
-		n += strlen(PQfname(res, i)) + 20;
+	{
+		const char *name = PQfname(res, i);	/* NULL in a COPY's result */
+
+		n += (name ? strlen(name) : 0) + 20;
+	}
 	return n;
 }
 
