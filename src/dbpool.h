@@ -43,6 +43,15 @@
 #define DBPOOL_DROP_GRACE_MS	10000	/* queries of a dropped pool may finish */
 #define DBPOOL_CANCEL_GRACE_MS	5000	/* a cancelled query must end by then */
 #define DBPOOL_MAX_MESSAGE_BYTES (256 * 1024 * 1024)	/* a request or a row, at most */
+/*
+ * A request, row, error or notice larger than this is a large value: the
+ * connection that carried it is closed after the request instead of going
+ * back to its pool (libpq's buffers only grow), and the worker's own buffers
+ * that held it are freed and the memory given back to the system.
+ */
+#define DBPOOL_LARGE_MESSAGE_BYTES (1024 * 1024)
+/* A request travels to the worker in pieces of at most this size. */
+#define DBPOOL_REQUEST_PIECE_BYTES (DBPOOL_REQUEST_QUEUE_SIZE / 2)
 #define DBPOOL_PASSWORD_MASK	"********"
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
 #define DBPOOL_LOG_INTERVAL_MS	60000	/* repeated log lines: at most once a minute */

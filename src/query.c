@@ -252,6 +252,7 @@ build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, Ar
 		}
 	}
 	check_request_size(buf);
+	DbpoolProtoRequestFinish(buf);
 }
 
 /* The worker sent something this backend cannot read. */

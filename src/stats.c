@@ -47,7 +47,8 @@ const char *const DbpoolCounterNames[DBPOOL_NUM_COUNTERS] = {
 	"queries", "errors", "acquire_timeouts", "query_timeouts", "cancels", "slow_queries",
 	"rows", "connections_created", "connection_failures", "closed_idle", "closed_lifetime",
 	"closed_error", "closed_resize", "closed_config", "closed_drop",
-	"closed_broken", "retries"
+	"closed_broken", "retries",
+	"closed_large"
 };
 
 /* Worker-local: free connection entries, a stack of indexes. */
