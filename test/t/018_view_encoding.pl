@@ -45,11 +45,19 @@ $f->safe_psql('postgres',
 	q{CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
 
 # --- a foreign error message that is not UTF-8 -----------------------------------------
+# A foreign server validates what it sends against client_encoding (UTF8, which dbpool
+# asks for), except in two cases that a real server shows here:
+#  - in a SQL_ASCII database, a query that sets client_encoding to SQL_ASCII and fails in the
+#    same simple-protocol call: the error goes out raw, then the rollback sets client_encoding
+#    back to UTF8 (so the server never reports the change);
+#  - errors at connection start-up, before client_encoding applies: a database whose
+#    datcollate holds the bytes (a superuser of F wrote them) fails every connection with a
+#    FATAL whose detail carries them.
 $l->safe_psql('postgres',
 	sprintf(q{SELECT dbpool_create_pool('raw', %s, min_size => 1, max_size => 1)},
 		quote_literal(join(' ', 'host=' . $f->host, 'port=' . $f->port, 'dbname=sqlascii'))));
 my $raise_ff = quote_literal(
-	q{DO $$BEGIN RAISE EXCEPTION '%', 'bad ' || convert_from('\xfffe'::bytea, 'SQL_ASCII') || ' end'; END$$});
+	q{SET client_encoding = 'SQL_ASCII'; DO $$BEGIN RAISE EXCEPTION '%', 'bad ' || convert_from('\xfffe'::bytea, 'SQL_ASCII') || ' end'; END$$});
 query_fails($l, "SELECT dbpool_exec('raw', $raise_ff)",
 	'P0001', qr/ERROR:  P0001: bad \\xff\\xfe end/,
 	'the caller gets the foreign error, its invalid bytes escaped');
@@ -59,6 +67,19 @@ query_ok($l, q{SELECT dbpool_detailed_metrics('raw')->'connections'->0->>'last_e
 	q{bad \xff\xfe end}, 'dbpool_detailed_metrics(pool) shows it too');
 query_ok($l, q{SELECT dbpool_detailed_metrics()->'raw'->'connections'->0->>'last_error'},
 	q{bad \xff\xfe end}, 'and dbpool_detailed_metrics()');
+query_ok($l, q{SELECT count(*) FROM dbpool_query('raw', 'SHOW client_encoding') AS t(e text) WHERE e = 'UTF8'},
+	'1', 'the connection is back in UTF8 for the next call');
+
+$f->safe_psql('postgres',
+	q{CREATE DATABASE broken ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
+$f->safe_psql('sqlascii',
+	q{UPDATE pg_database SET datcollate = 'C' || convert_from('\xfffe'::bytea, 'SQL_ASCII') WHERE datname = 'broken'});
+$l->safe_psql('postgres',
+	sprintf(q{SELECT dbpool_create_pool('broken', %s, min_size => 0, max_size => 1)},
+		quote_literal(join(' ', 'host=' . $f->host, 'port=' . $f->port, 'dbname=broken'))));
+query_fails($l, q{SELECT dbpool_exec('broken', 'SELECT 1')},
+	'08001', qr/LC_COLLATE "C\\xff\\xfe"/,
+	'a start-up error with invalid bytes reaches the caller escaped');
 
 # A long error is cut between two characters and says so.
 query_fails($l,
