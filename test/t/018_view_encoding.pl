@@ -114,6 +114,11 @@ query_ok($l, sprintf("SELECT $shown", q{dbpool_detailed_metrics()->'euro'->'conn
 query_ok($l, q{SELECT last_query = 'SELECT ''caf' || chr(233) || ' ' || chr(8364) || '''::text, pg_sleep(0.05)'
 	FROM dbpool_connections WHERE pool = 'euro'},
 	't', 'UTF8 still reads the text as it was');
+# Above U+FFFF: \U and eight digits.
+query_ok($l, q{SELECT v FROM dbpool_query('euro', 'SELECT ''grin ' || chr(128512) || '''::text') AS t(v text)},
+	"grin \xf0\x9f\x98\x80", 'a query with an emoji');
+query_ok($l, q{SELECT last_query FROM dbpool_connections WHERE pool = 'euro'},
+	q{SELECT 'grin \U0001f600'::text}, 'LATIN1 reads it as \U0001f600', db => 'latin');
 
 # A foreign error with a euro sign reaches a LATIN1 caller as that error.
 query_fails($l,
