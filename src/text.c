@@ -45,6 +45,21 @@ utf8_char_len(const char *p, const char *end)
 	return Max(pg_encoding_verifymbchar(PG_UTF8, p, end - p), 0);
 }
 
+/*
+ * Whether an escaped byte, \xNN as written here, begins at p (before end):
+ * a text made canonical once (an 'E' record's message) may be stored again,
+ * and a cut must not split its escapes.  A text that held those four
+ * characters from the start is not cut inside them either, which changes
+ * nothing else.
+ */
+static inline bool
+is_byte_escape(const char *p, const char *end)
+{
+	return end - p >= 4 && p[0] == '\\' && p[1] == 'x' &&
+		((p[2] >= '0' && p[2] <= '9') || (p[2] >= 'a' && p[2] <= 'f')) &&
+		((p[3] >= '0' && p[3] <= '9') || (p[3] >= 'a' && p[3] <= 'f'));
+}
+
 /* Write the escape of one byte, \xNN, at out (4 bytes). */
 static inline void
 byte_escape(char *out, unsigned char b)
@@ -176,8 +191,8 @@ DbpoolTextUtf8(const char *text, int len, int encoding)
 /*
  * Store text (len bytes, UTF-8 or meant to be) in dst, a room of size bytes,
  * in the canonical form: invalid bytes escaped, and if it does not fit, cut
- * between two characters with DBPOOL_TEXT_CUT_MARK at the end.  Allocates
- * nothing: the worker calls it for every request.
+ * between two characters (or escapes) with DBPOOL_TEXT_CUT_MARK at the end.
+ * Allocates nothing: the worker calls it for every request.
  */
 void
 DbpoolTextStore(char *dst, Size size, const char *text, int len)
@@ -193,7 +208,7 @@ DbpoolTextStore(char *dst, Size size, const char *text, int len)
 	Assert(size > marklen + 1);
 	while (p < end)
 	{
-		int			n = utf8_char_len(p, end);
+		int			n = is_byte_escape(p, end) ? 4 : utf8_char_len(p, end);
 		int			width = n > 0 ? n : 4;
 
 		if (used + width > room)

@@ -87,6 +87,13 @@ query_fails($l,
 	'P0001', undef, 'a long foreign error');
 query_ok($l, q{SELECT octet_length(last_error), right(last_error, 4) FROM dbpool_connections WHERE pool = 'raw'},
 	'255|y...', 'a long last_error is cut to 255 bytes and ends with "..."');
+# ... and never inside an escape: 'a' and 62 escaped bytes are the most that fit.
+my $raise_100ff = quote_literal(
+	q{SET client_encoding = 'SQL_ASCII'; DO $$BEGIN RAISE EXCEPTION '%', 'a' || convert_from(decode(repeat('ff', 100), 'hex'), 'SQL_ASCII'); END$$});
+query_fails($l, "SELECT dbpool_exec('raw', $raise_100ff)",
+	'P0001', qr/ERROR:  P0001: a(\\xff){100}\n/, 'an error of 100 invalid bytes reaches the caller whole');
+query_ok($l, q{SELECT octet_length(last_error), right(last_error, 7) FROM dbpool_connections WHERE pool = 'raw'},
+	'252|\xff...', 'its last_error is cut between two escapes');
 
 # --- a euro sign read from LATIN1 -------------------------------------------------------
 $l->safe_psql('postgres',
