@@ -21,6 +21,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -45,6 +46,9 @@ typedef struct PoolConfig
 	char		name[DBPOOL_NAME_LEN];
 	char	   *conninfo;
 	DbpoolSettings settings;
+	/* as the registry shows them: canonical UTF-8 (text.c), made inside the read */
+	char	   *shown_conninfo;
+	char	   *shown_text[DBPOOL_MAX_SETTINGS];	/* text settings by descriptor; NULL: none */
 	Oid			owner;
 	bool		owner_is_superuser;
 	TimestampTz created_at;
@@ -58,18 +62,22 @@ static TimestampTz retry_at = 0;	/* after a failed read, not before this */
 static int	retry_ms = 0;
 static TimestampTz last_reload = 0;
 
-/* Write a pool's configuration into its registry slot. */
+/*
+ * Write a pool's configuration into its registry slot: its texts in their
+ * canonical form, cut to their room with a mark.
+ */
 static void
 publish_config(WorkerPool *pool, const PoolConfig *cfg)
 {
 	DbpoolPoolSlot *slot = &DbpoolShmem->pools[pool->slot];
 	char	   *redacted = NULL;
 	MemoryContext old = CurrentMemoryContext;
+	int			i;
 
 	/* the table's conninfo was validated when written; redaction cannot fail */
 	PG_TRY();
 	{
-		redacted = DbpoolRedactConninfo(cfg->conninfo);
+		redacted = DbpoolRedactConninfo(cfg->shown_conninfo);
 	}
 	PG_CATCH();
 	{
@@ -89,7 +97,12 @@ publish_config(WorkerPool *pool, const PoolConfig *cfg)
 	memcpy(slot->grantees, cfg->grantees, sizeof(Oid) * cfg->ngrantees);
 	slot->created_at = cfg->created_at;
 	slot->settings = cfg->settings;
-	strlcpy(slot->conninfo, redacted, sizeof(slot->conninfo));
+	for (i = 0; i < DbpoolNumSettings; i++)
+		if (cfg->shown_text[i])
+			DbpoolTextStore(DbpoolSettingText(&slot->settings, &DbpoolSettingDescs[i]),
+							DBPOOL_TEXT_SETTING_LEN, cfg->shown_text[i],
+							strlen(cfg->shown_text[i]));
+	DbpoolTextStore(slot->conninfo, sizeof(slot->conninfo), redacted, strlen(redacted));
 	LWLockRelease(DbpoolShmem->lock);
 	DbpoolRegistryChanged();
 	DbpoolPoolPublish(pool);
@@ -236,6 +249,8 @@ config_from_row(HeapTuple tup, TupleDesc desc)
 
 	strlcpy(cfg->name, SPI_getvalue(tup, desc, 1), sizeof(cfg->name));
 	cfg->conninfo = SPI_getvalue(tup, desc, 2);
+	cfg->shown_conninfo = DbpoolTextUtf8(cfg->conninfo, strlen(cfg->conninfo),
+										 GetDatabaseEncoding());
 	cfg->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 	cfg->owner_is_superuser = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	cfg->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
@@ -267,8 +282,12 @@ config_from_row(HeapTuple tup, TupleDesc desc)
 		if (sd->type == DBPOOL_SETTING_INT)
 			*DbpoolSettingInt(&cfg->settings, sd) = DatumGetInt32(d);
 		else
-			strlcpy(DbpoolSettingText(&cfg->settings, sd), TextDatumGetCString(d),
-					DBPOOL_TEXT_SETTING_LEN);
+		{
+			char	   *v = TextDatumGetCString(d);
+
+			strlcpy(DbpoolSettingText(&cfg->settings, sd), v, DBPOOL_TEXT_SETTING_LEN);
+			cfg->shown_text[i] = DbpoolTextUtf8(v, strlen(v), GetDatabaseEncoding());
+		}
 	}
 	return cfg;
 }

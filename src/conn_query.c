@@ -388,6 +388,15 @@ copy_error(WorkerConn *conn)
 						"Use INSERT and SELECT through dbpool_exec and dbpool_query.", NULL);
 }
 
+/* Keep a result's command status (the foreign server's text: made canonical, text.c). */
+static void
+store_status(WorkerConn *conn, PGresult *res)
+{
+	const char *status = PQcmdStatus(res);
+
+	DbpoolTextStore(conn->status, sizeof(conn->status), status, strlen(status));
+}
+
 /* One result of a running request: forward rows, remember status and errors; false for COPY. */
 static bool
 handle_result(WorkerConn *conn, PGresult *res)
@@ -444,7 +453,7 @@ handle_result(WorkerConn *conn, PGresult *res)
 			{
 				conn->rows += strtol(PQcmdTuples(res), NULL, 10);
 				conn->result_started = false;
-				strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+				store_status(conn, res);
 			}
 			if (ch && ch->out.len >= ROWS_PER_FLUSH_BYTES)
 				DbpoolChannelReply(ch);
@@ -453,7 +462,7 @@ handle_result(WorkerConn *conn, PGresult *res)
 		case PGRES_EMPTY_QUERY:
 			conn->rows += strtol(PQcmdTuples(res), NULL, 10);
 			conn->result_started = false;
-			strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+			store_status(conn, res);
 			return true;
 		case PGRES_COPY_IN:
 		case PGRES_COPY_OUT:

@@ -17,7 +17,7 @@
  *	  (whose threads run libpq only), resolve.c (whose threads run
  *	  getaddrinfo only), janitor.c, and the writing halves of
  *	  stats.c and slowlog.c;
- *	- both: settings.c, conninfo.c, proto.c, and the reading halves of
+ *	- both: settings.c, conninfo.c, proto.c, text.c, and the reading halves of
  *	  stats.c and slowlog.c.
  */
 #ifndef DBPOOL_H
@@ -156,6 +156,15 @@ extern int	DbpoolConninfoAttemptParams(const DbpoolConnParams *p, const char *co
 extern bool DbpoolConninfoDropClientCheck(DbpoolConnParams *p);
 extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_superuser);
 
+/* ---------- texts kept in shared memory and relayed (text.c) ---------- */
+
+#define DBPOOL_TEXT_CUT_MARK	"..."	/* ends a text cut to fit its room */
+
+extern char *DbpoolTextUtf8(const char *text, int len, int encoding);
+extern void DbpoolTextStore(char *dst, Size size, const char *text, int len);
+extern char *DbpoolTextRender(const char *utf8, int len);
+extern char *DbpoolTextShow(const char *utf8);
+
 /* ---------- shared memory (shmem.c) ---------- */
 
 typedef enum DbpoolPoolState
@@ -180,8 +189,8 @@ typedef struct DbpoolPoolSlot
 	int			ngrantees;
 	Oid			grantees[DBPOOL_MAX_GRANTEES];
 	TimestampTz created_at;
-	DbpoolSettings settings;
-	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted */
+	DbpoolSettings settings;	/* its texts as shown: canonical UTF-8 (text.c) */
+	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted; canonical UTF-8 */
 	pg_atomic_uint32 ops_pending;	/* manual operations asked for (ops.c) */
 
 } DbpoolPoolSlot;

@@ -117,7 +117,7 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 
 	appendStringInfoChar(buf, '{');
 	key(buf, "conninfo");
-	escape_json(buf, p->conninfo);
+	escape_json(buf, DbpoolTextShow(p->conninfo));
 	for (i = 0; i < DbpoolNumSettings; i++)
 	{
 		const DbpoolSettingDesc *d = &DbpoolSettingDescs[i];
@@ -129,7 +129,7 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 		else if (DbpoolSettingText(&p->settings, d)[0] == '\0')
 			appendStringInfoString(buf, "null");
 		else
-			escape_json(buf, DbpoolSettingText(&p->settings, d));
+			escape_json(buf, DbpoolTextShow(DbpoolSettingText(&p->settings, d)));
 	}
 	appendStringInfoChar(buf, ',');
 	key(buf, "owner");

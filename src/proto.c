@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "libpq-fe.h"
+#include "mb/pg_wchar.h"
 #include "utils/elog.h"
 
 #include "dbpool.h"
@@ -32,6 +33,20 @@ put_text(StringInfo buf, const char *v)
 	put_int32(buf, len);
 	if (len > 0)
 		appendBinaryStringInfo(buf, v, len);
+}
+
+/*
+ * Append a text that should be UTF-8 but comes from an untrusted source (a
+ * foreign server, libpq), in text.c's canonical form: invalid bytes escaped.
+ */
+static void
+put_utf8_text(StringInfo buf, const char *v)
+{
+	char	   *u = v ? DbpoolTextUtf8(v, strlen(v), PG_UTF8) : NULL;
+
+	put_text(buf, u);
+	if (u != v)
+		pfree(u);
 }
 
 /* ---------- requests ---------- */
@@ -223,10 +238,10 @@ DbpoolProtoPutError(StringInfo buf, int sqlerrcode, const char *message, const c
 {
 	appendStringInfoChar(buf, DBPOOL_REC_ERROR);
 	appendBinaryStringInfo(buf, unpack_sql_state(sqlerrcode), 5);
-	put_text(buf, message);
-	put_text(buf, detail);
-	put_text(buf, hint);
-	put_text(buf, context);
+	put_utf8_text(buf, message);
+	put_utf8_text(buf, detail);
+	put_utf8_text(buf, hint);
+	put_utf8_text(buf, context);
 }
 
 /*

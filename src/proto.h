@@ -7,7 +7,9 @@
  *
  * Both ends are processes of one server, so integers are native.  Text is
  * UTF8, whatever the databases' encodings: the backend converts on its way
- * in and out.
+ * in and out.  The texts of 'E' records, and the status of 'C' records, are
+ * in text.c's canonical form (a foreign server's invalid bytes escaped); row
+ * values are passed as the foreign server sent them.
  *
  * A request is sent as a series of shm_mq messages, its pieces, each at most
  * DBPOOL_REQUEST_PIECE_BYTES (channel.c), which the worker puts together in a

@@ -127,7 +127,7 @@ dbpool_pools(PG_FUNCTION_ARGS)
 		char	   *owner = GetUserNameFromId(p->owner, true);
 
 		values[c++] = CStringGetTextDatum(p->name);
-		values[c++] = CStringGetTextDatum(p->conninfo);
+		values[c++] = CStringGetTextDatum(DbpoolTextShow(p->conninfo));
 		for (j = 0; j < DbpoolNumSettings; j++)
 		{
 			const DbpoolSettingDesc *d = &DbpoolSettingDescs[j];
@@ -138,8 +138,9 @@ dbpool_pools(PG_FUNCTION_ARGS)
 			{
 				char	   *v = DbpoolSettingText(&p->settings, d);
 
-				values[c] = CStringGetTextDatum(v);
 				nulls[c] = (v[0] == '\0');
+				if (!nulls[c])
+					values[c] = CStringGetTextDatum(DbpoolTextShow(v));
 			}
 			c++;
 		}
