@@ -162,13 +162,14 @@ my $victim = $l->safe_psql('postgres', q{SELECT remote_pid FROM dbpool_connectio
 is($f->safe_psql('postgres', "SELECT application_name FROM pg_stat_activity WHERE pid = $victim"), 'm_rs2',
 	'with the new conninfo');
 $f->safe_psql('postgres', "SELECT pg_terminate_backend($victim)");
-ok(poll_until($l, q{SELECT dbpool_detailed_metrics('rs')->'counters'->>'closed_error'}, '1'),
-	'terminated on F: 1 closed for error');
+ok(poll_until($l, q{SELECT dbpool_detailed_metrics('rs')->'counters'->>'closed_broken'}, '1'),
+	'terminated on F while idle: 1 closed as broken');
 ok(poll_until($l, qq{SELECT count(*) FROM dbpool_connections WHERE pool = 'rs' AND state = 'idle' AND remote_pid <> $victim}, '1'),
 	'min_size brings one back');
 is($l->safe_psql('postgres', q{
 	SELECT (c->>'connections_created')::int - (c->>'closed_resize')::int - (c->>'closed_config')::int
 	       - (c->>'closed_error')::int - (c->>'closed_idle')::int - (c->>'closed_lifetime')::int
+	       - (c->>'closed_broken')::int - (c->>'closed_large')::int
 	  FROM (SELECT dbpool_detailed_metrics('rs')->'counters' AS c) s}), '1',
 	'created minus closed is the connections open');
 is($l->safe_psql('postgres', q{SELECT remote_pid <> } . $victim . q{ FROM dbpool_connections WHERE pool = 'rs'}), 't',
