@@ -14,9 +14,10 @@
  *	   visible to a fresh snapshot, its TID and raw xmin: an INSERT, UPDATE or
  *	   DELETE there changes the set of visible versions, a DROP or CREATE
  *	   EXTENSION the OIDs.  This is a heap scan of two small tables, without
- *	   SPI, in a read-only transaction with the locks taken conditionally (the
- *	   startup process may hold them while it replays), so the worker never
- *	   waits.  Only when it differs does config.c read the whole configuration.
+ *	   SPI, in a read-only transaction with the tables' locks taken
+ *	   conditionally and lock_timeout 50 ms for the catalogs' (the startup
+ *	   process may hold them while it replays), so the worker never waits
+ *	   long; a check that cannot lock is made again at the next poll.  Only when it differs does config.c read the whole configuration.
  *
  * The replay position is read before the snapshot is taken: whatever replay
  * had finished by then is in the snapshot, so a change is never lost between
@@ -38,6 +39,7 @@
 #include "catalog/pg_extension.h"
 #include "common/hashfn.h"
 #include "storage/lmgr.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -47,6 +49,7 @@
 #include "worker.h"
 
 #define STANDBY_POLL_MS		1000	/* how often a standby looks for replicated changes */
+#define STANDBY_LOCK_TIMEOUT "50"	/* ms a check may wait for a catalog lock */
 
 static bool was_in_recovery = false;
 static bool have_fingerprint = false;
@@ -136,8 +139,14 @@ config_fingerprint(uint64 *fp)
 	StartTransactionCommand();
 	PG_TRY();
 	{
-		Oid			nsp = extension_schema();
-		Snapshot	snap = RegisterSnapshot(GetTransactionSnapshot());
+		Oid			nsp;
+		Snapshot	snap;
+
+		/* the catalogs' locks too: never wait long for the startup process */
+		(void) set_config_option("lock_timeout", STANDBY_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+		nsp = extension_schema();
+		snap = RegisterSnapshot(GetTransactionSnapshot());
 
 		ok = fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_config", nsp) :
 							   InvalidOid, snap, &h) &&
