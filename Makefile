@@ -16,6 +16,7 @@ OBJS = \
 	src/admin.o \
 	src/worker.o \
 	src/config.o \
+	src/standby.o \
 	src/channel_worker.o \
 	src/pool.o \
 	src/janitor.o \

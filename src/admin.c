@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -74,6 +75,21 @@ mark_changed(void)
 		xact_callback_registered = true;
 	}
 	config_changed = true;
+}
+
+/*
+ * Raise 25006 on a hot standby: the configuration is replicated from the
+ * primary, and is changed there.
+ */
+static void
+check_not_in_recovery(void)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot change dbpool pools during recovery"),
+				 errdetail("This server is a standby; its pools come from the primary's configuration."),
+				 errhint("Change them on the primary server.")));
 }
 
 /* Raise 55000 unless we are in dbpool.database. */
@@ -341,6 +357,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 
 	hide_begin(&hide);
 	DbpoolCheckLoaded();
+	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
 	conninfo = text_arg(fcinfo, 1, "conninfo");
@@ -422,6 +439,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 
 	hide_begin(&hide);
 	DbpoolCheckLoaded();
+	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
 	if (PG_ARGISNULL(1))
@@ -540,6 +558,7 @@ dbpool_drop_pool(PG_FUNCTION_ARGS)
 	Datum		values[1];
 
 	DbpoolCheckLoaded();
+	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
 	spi_begin(&spi);
@@ -562,6 +581,7 @@ change_usage(FunctionCallInfo fcinfo, bool grant)
 	Datum		values[2];
 
 	DbpoolCheckLoaded();
+	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
 	name = text_arg(fcinfo, 0, "pool name");
 	if (PG_ARGISNULL(1))

@@ -8,8 +8,11 @@
  *
  * A read is due when a backend asked for one (config_requested moved past
  * config_applied: a committed change, a lookup miss), at most once per
- * RECONCILE_MIN_GAP_MS; and every REFRESH_MS regardless, for what no commit
- * announces (DROP EXTENSION, an owner's superuser status, COMMIT PREPARED).
+ * RECONCILE_MIN_GAP_MS; on a hot standby, when standby.c sees that replay
+ * changed the tables (and once after promotion); and every REFRESH_MS
+ * regardless, for what no commit announces (DROP EXTENSION, an owner's
+ * superuser status, COMMIT PREPARED).  Reading writes nothing, so it works
+ * the same during recovery.
  * It runs in a short transaction with lock_timeout 50 ms; a failed read keeps
  * the pools as they are and is retried after 1 s, doubling up to 16 s.
  *
@@ -61,6 +64,7 @@ static TimestampTz last_read_error_log = 0;
 static TimestampTz retry_at = 0;	/* after a failed read, not before this */
 static int	retry_ms = 0;
 static TimestampTz last_reload = 0;
+static bool replay_changed = false;	/* standby.c saw a replicated change not read yet */
 
 /*
  * Write a pool's configuration into its registry slot: its texts in their
@@ -414,6 +418,7 @@ reload(void)
 				(errmsg("dbpool: waiting for CREATE EXTENSION dbpool in database \"%s\"",
 						DbpoolDatabase)));
 	reconcile_pools(configs);
+	replay_changed = false;
 	retry_at = 0;
 	retry_ms = 0;
 	pg_atomic_write_u64(&DbpoolShmem->config_applied, target);
@@ -423,9 +428,10 @@ reload(void)
 }
 
 /*
- * Re-read the configuration if a backend asked for it or the refresh is
- * due; a request made within RECONCILE_MIN_GAP_MS of the last read waits
- * for the gap (all pending requests are served by one read).
+ * Re-read the configuration if a backend asked for it, replay changed it
+ * (standby.c) or the refresh is due; a request made within
+ * RECONCILE_MIN_GAP_MS of the last read waits for the gap (all pending
+ * requests are served by one read).
  */
 void
 DbpoolConfigMaybeReload(TimestampTz now)
@@ -434,9 +440,11 @@ DbpoolConfigMaybeReload(TimestampTz now)
 		pg_atomic_read_u64(&DbpoolShmem->config_applied);
 	TimestampTz gap_end = TimestampTzPlusMilliseconds(last_reload, RECONCILE_MIN_GAP_MS);
 
+	if (DbpoolStandbyConfigChanged(now))
+		replay_changed = true;
 	if (requested && now < gap_end)
 		DbpoolWorkerDeadline(gap_end);
-	else if ((requested || now >= next_refresh) && now >= retry_at)
+	else if ((requested || replay_changed || now >= next_refresh) && now >= retry_at)
 	{
 		last_reload = now;
 		reload();

@@ -12,7 +12,8 @@
  *	  sync.c (waits on the worker), admin.c (administration), figures.c
  *	  (derived figures), views.c and detail.c (their SQL renderers);
  *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
- *	  config.c (reading the configuration, reconciling), channel_worker.c,
+ *	  config.c (reading the configuration, reconciling), standby.c (noticing
+ *	  replicated changes on a hot standby), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
  *	  (whose threads run libpq only), resolve.c (whose threads run
  *	  getaddrinfo only), janitor.c, and the writing halves of

@@ -395,6 +395,18 @@ serve_interrupts(void)
 {
 	if (ShutdownRequestPending)
 		return false;
+
+	/*
+	 * Our SIGTERM handler sets ShutdownRequestPending, so ProcDiePending
+	 * comes from a recovery conflict on a hot standby that ends every session
+	 * of our database (DROP DATABASE replayed): replay waits for us to go.
+	 */
+	if (ProcDiePending)
+	{
+		ereport(LOG,
+				(errmsg("dbpool worker terminating because of a conflict with recovery")));
+		return false;
+	}
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;

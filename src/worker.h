@@ -259,6 +259,9 @@ extern bool DbpoolWaitLogDue(void);
 /* config.c */
 extern void DbpoolConfigMaybeReload(TimestampTz now);
 
+/* standby.c */
+extern bool DbpoolStandbyConfigChanged(TimestampTz now);
+
 /* channel_worker.c */
 extern WorkerChannel *DbpoolWorkerChannels;
 extern void DbpoolWorkerChannelsInit(void);
