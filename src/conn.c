@@ -552,8 +552,13 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 	dlist_delete(&conn->pool_node);
 	pool->nconns--;
 	DbpoolWorkerTotalConns--;
-	if (conn->cancel)
-		DbpoolCancelForget(conn->cancel);
+	if (conn->cancel_queued)
+	{
+		DbpoolConnUnqueueCancel(conn);
+		DbpoolCancelGaveUp(pool, false);	/* its cancel never found room */
+	}
+	if (conn->cancel && DbpoolCancelForget(conn->cancel))
+		DbpoolCancelGaveUp(pool, true); /* its cancel is still unanswered */
 	if (conn->pg)
 		PQfinish(conn->pg);
 	if (conn->large)

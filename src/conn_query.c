@@ -2,7 +2,9 @@
  * conn_query.c
  *		Running one request on a connection: send it (through the statement
  *		cache's PREPARE step when it says so), stream its results into the
- *		client's channel, finish it, or orphan it when the client is gone.
+ *		client's channel, finish it, or orphan it when the client is gone
+ *		(cancelling the remote query, or queueing the cancel while its pool
+ *		has no room for one: cancel.c).
  *
  * Results stream in single-row mode; while the client's channel is full the
  * socket is not read (DbpoolConnWantedEvents leaves it out of the wait set),
@@ -235,14 +237,27 @@ DbpoolConnOrphan(WorkerConn *conn)
 	conn->orphaned = true;
 	DbpoolStatsConnUpdate(conn);	/* closing: no client any more */
 	if (conn->cancel == NULL)
-		conn->cancel = DbpoolCancelStart(conn->pg);
-	if (conn->cancel == NULL)
 	{
-		conn->retire = true;	/* no cancel possible: close at the deadline */
-		conn->retire_reason = DBPOOL_CLOSE_ERROR;
+		bool		busy;
+
+		conn->cancel = DbpoolCancelStart(conn, &busy);
+		if (conn->cancel == NULL && busy)
+		{
+			/* its pool's cancels are all in flight: wait for room (process_connections) */
+			conn->cancel_queued = true;
+			DbpoolCancelsQueued++;
+		}
+		else if (conn->cancel == NULL)
+		{
+			/* no cancel possible: never reuse it, close at the deadline */
+			conn->retire = true;
+			conn->retire_reason = DBPOOL_CLOSE_ERROR;
+			DbpoolCancelGaveUp(conn->pool, false);
+		}
 	}
 	conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												 conn->cancel ? DBPOOL_CANCEL_GRACE_MS : 0);
+												 conn->cancel || conn->cancel_queued ?
+												 DBPOOL_CANCEL_GRACE_MS : 0);
 	DbpoolWorkerDeadline(conn->deadline);
 
 	/*
@@ -284,6 +299,47 @@ encoding_error(WorkerConn *conn, char **message, char **detail, const char **hin
 	*detail = psprintf("The foreign server now sends text in %s, but dbpool reads every result as UTF8 (it converts to this database's encoding itself). The call's results were discarded, and the connection is set back to UTF8.",
 					   ce ? ce : "another encoding");
 	*hint = "Remove the client_encoding change (SET client_encoding, set_config) from the query.";
+}
+
+/* The connection no longer waits for room to start a cancel. */
+void
+DbpoolConnUnqueueCancel(WorkerConn *conn)
+{
+	if (!conn->cancel_queued)
+		return;
+	conn->cancel_queued = false;
+	DbpoolCancelsQueued--;
+}
+
+/*
+ * An orphaned connection waits for room to start its cancel: try again (a
+ * cancel of its pool may have ended).  One that no longer runs its query
+ * needs no cancel any more.
+ */
+void
+DbpoolConnRetryCancel(WorkerConn *conn)
+{
+	bool		busy;
+
+	if (!conn->cancel_queued)
+		return;
+	if (conn->state != CONN_ACTIVE || !conn->orphaned || conn->cancel != NULL)
+	{
+		DbpoolConnUnqueueCancel(conn);
+		return;
+	}
+	conn->cancel = DbpoolCancelStart(conn, &busy);
+	if (conn->cancel == NULL && busy)
+		return;
+	DbpoolConnUnqueueCancel(conn);
+	if (conn->cancel == NULL)
+	{
+		conn->retire = true;
+		conn->retire_reason = DBPOOL_CLOSE_ERROR;
+		conn->deadline = GetCurrentTimestamp();
+		DbpoolWorkerDeadline(conn->deadline);
+		DbpoolCancelGaveUp(conn->pool, false);
+	}
 }
 
 /* Answer the client with the error record in conn->error, and let go of it. */

@@ -28,6 +28,7 @@ int			DbpoolAwaitingCancels = 0;
 static void
 to_pool(WorkerConn *conn)
 {
+	DbpoolConnUnqueueCancel(conn);	/* the query ended before its cancel could start */
 	if (conn->cancel)
 	{
 		if (!DbpoolCancelDone(conn->cancel))

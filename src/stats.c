@@ -48,7 +48,7 @@ const char *const DbpoolCounterNames[DBPOOL_NUM_COUNTERS] = {
 	"rows", "connections_created", "connection_failures", "closed_idle", "closed_lifetime",
 	"closed_error", "closed_resize", "closed_config", "closed_drop",
 	"closed_broken", "retries",
-	"closed_large"
+	"closed_large", "cancels_skipped", "cancels_abandoned"
 };
 
 /* Worker-local: free connection entries, a stack of indexes. */

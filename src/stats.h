@@ -53,6 +53,8 @@ typedef enum DbpoolCounter
 	DBPOOL_C_CLOSED_BROKEN,		/* found closed by the server while idle or before use */
 	DBPOOL_C_RETRIES,			/* requests given another connection, not sent yet */
 	DBPOOL_C_CLOSED_LARGE,		/* it carried a large value (DBPOOL_LARGE_MESSAGE_BYTES) */
+	DBPOOL_C_CANCELS_SKIPPED,	/* remote cancels that could not start (cancel.c) */
+	DBPOOL_C_CANCELS_ABANDONED, /* remote cancels given up on while in flight */
 	DBPOOL_NUM_COUNTERS
 } DbpoolCounter;
 

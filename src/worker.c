@@ -265,7 +265,7 @@ update_wait_set(void)
 		rebuild_wait_set();
 }
 
-/* Drive every connection that the last wait reported (or that a cancel thread finished). */
+/* Drive every connection that the last wait reported (or that a cancel thread finished); retry queued cancels. */
 static void
 process_connections(void)
 {
@@ -280,6 +280,8 @@ process_connections(void)
 		{
 			WorkerConn *conn = dlist_container(WorkerConn, pool_node, cit.cur);
 
+			if (DbpoolCancelsQueued > 0 && conn->cancel_queued)
+				DbpoolConnRetryCancel(conn);
 			if (DbpoolAwaitingCancels > 0 && DbpoolConnPollCancel(conn))
 				continue;
 			if (conn->readable || conn->writable)

@@ -178,6 +178,7 @@ struct WorkerConn
 	WorkerChannel *ch;			/* NULL once orphaned (client gone or answered) */
 	bool		orphaned;		/* the results are drained and dropped */
 	DbpoolCancel *cancel;		/* a cancel request in flight */
+	bool		cancel_queued;	/* orphaned, waiting for room to start its cancel */
 	bool		has_fd;			/* holds an AcquireExternalFD reservation */
 	bool		result_started;	/* a 'T' was sent for the current result set */
 	char		status[64];		/* command status of the last statement */
@@ -242,6 +243,9 @@ struct WorkerPool
 	DbpoolLookup *lookup;		/* NULL if none in flight */
 	TimestampTz lookup_started;
 	dlist_node	lookup_node;	/* in conn.c's list of pools with a lookup */
+
+	bool		cancel_skip_logged; /* a skipped cancel was logged (once per pool) */
+	bool		cancel_abandon_logged;	/* ... an abandoned one */
 };
 
 /* worker.c */
@@ -322,6 +326,8 @@ extern void DbpoolConnForgetLookup(WorkerPool *pool);
 extern void DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch);
 extern void DbpoolConnProcessResults(WorkerConn *conn);
 extern void DbpoolConnOrphan(WorkerConn *conn);
+extern void DbpoolConnRetryCancel(WorkerConn *conn);
+extern void DbpoolConnUnqueueCancel(WorkerConn *conn);
 extern void DbpoolConnFailRequest(WorkerConn *conn, int sqlerrcode, int also,
 								  const char *message, const char *detail, const char *hint);
 
@@ -373,9 +379,11 @@ extern void DbpoolExitCancelStart(void);
 extern void DbpoolExitCancelWait(void);
 
 /* cancel.c */
-extern DbpoolCancel *DbpoolCancelStart(PGconn *pg);
+extern int	DbpoolCancelsQueued;
+extern DbpoolCancel *DbpoolCancelStart(WorkerConn *conn, bool *busy);
 extern bool DbpoolCancelDone(DbpoolCancel *c);
-extern void DbpoolCancelForget(DbpoolCancel *c);
+extern bool DbpoolCancelForget(DbpoolCancel *c);
+extern void DbpoolCancelGaveUp(WorkerPool *pool, bool abandoned);
 
 /* resolve.c */
 extern DbpoolLookup *DbpoolLookupStart(char *const *names, int n, const char **why);
