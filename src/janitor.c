@@ -5,7 +5,7 @@
  *		deadline, each connection's idle and lifetime limits and its own
  *		deadline, the drop grace of a dropped pool and freeing it, and the
  *		connection attempts no request waits for: retries after the backoff,
- *		min_size, and a down pool's probes.  Health probes, alert
+ *		min_size, and the probes of down and degraded pools.  Health probes, alert
  *		evaluation and autoscaling hang their ticks here.
  *
  * Every deadline a phase sees in the future is registered with
@@ -139,8 +139,12 @@ free_pool(WorkerPool *pool)
 
 /*
  * Connection attempts that wait for no request: waiters whose backoff has
- * passed, min_size, and a down pool's probe.  After a failure, one attempt at
- * a time once the backoff (or the probe interval) has passed.
+ * passed, min_size, and the probe of a pool whose attempts fail.  After a
+ * failure, one attempt at a time once the backoff (or the probe interval) has
+ * passed.  A degraded pool probes too (within max_size): its live connections
+ * may be enough for min_size and the load, and then nothing else would ever
+ * find out that attempts succeed again, so it would stay degraded (for
+ * example after a frozen server is thawed).
  */
 static void
 reconnect(WorkerPool *pool)
@@ -151,7 +155,9 @@ reconnect(WorkerPool *pool)
 		   DbpoolPoolMayConnect(pool) &&
 		   DbpoolConnOpen(pool) != NULL)
 		;
-	if (pool->down && DbpoolWorkerTotalConns < DbpoolMaxConnections &&
+	if ((pool->down ||
+		 (pool->failures > 0 && pool->nconns < pool->settings.max_size)) &&
+		DbpoolWorkerTotalConns < DbpoolMaxConnections &&
 		DbpoolPoolMayConnect(pool))
 		(void) DbpoolConnOpen(pool);	/* the probe: on success it joins the pool */
 }
