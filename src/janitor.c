@@ -82,7 +82,21 @@ check_idle(WorkerConn *conn, TimestampTz now)
 		DbpoolConnClose(conn, DBPOOL_CLOSE_IDLE);
 }
 
-/* Each connection: idle limits, the drop grace, or its own deadline. */
+/*
+ * A query still running when its grace period (a restart's or a drop's)
+ * ends: answer its caller with 57P01 and cancel it.
+ */
+static void
+end_after_grace(WorkerConn *conn, const char *what, const char *when)
+{
+	DbpoolConnFailRequest(conn, ERRCODE_ADMIN_SHUTDOWN, -1,
+						  psprintf("pool \"%s\" was %s while the query ran", conn->pool->name, what),
+						  psprintf("Queries may run for %d ms %s.", DBPOOL_DROP_GRACE_MS, when),
+						  NULL);
+	DbpoolConnOrphan(conn);
+}
+
+/* Each connection: idle limits, the grace of a restart or a drop, or its own deadline. */
 static void
 check_connections(WorkerPool *pool, TimestampTz now)
 {
@@ -96,23 +110,9 @@ check_connections(WorkerPool *pool, TimestampTz now)
 			check_idle(conn, now);
 		else if (conn->ch && conn->restart_gen != pool->restart_gen &&
 				 now >= pool->restart_deadline)
-		{
-			DbpoolConnFailRequest(conn, ERRCODE_ADMIN_SHUTDOWN, -1,
-								  psprintf("pool \"%s\" was restarted while the query ran", pool->name),
-								  psprintf("Queries may run for %d ms after dbpool_restart_pool().",
-										   DBPOOL_DROP_GRACE_MS),
-								  NULL);
-			DbpoolConnOrphan(conn);
-		}
+			end_after_grace(conn, "restarted", "after dbpool_restart_pool()");
 		else if (pool->dropping && conn->ch && now >= pool->drop_deadline)
-		{
-			DbpoolConnFailRequest(conn, ERRCODE_ADMIN_SHUTDOWN, -1,
-								  psprintf("pool \"%s\" was dropped while the query ran", pool->name),
-								  psprintf("Queries of a dropped pool may run for %d ms.",
-										   DBPOOL_DROP_GRACE_MS),
-								  NULL);
-			DbpoolConnOrphan(conn);
-		}
+			end_after_grace(conn, "dropped", "after the pool is dropped");
 		else
 			DbpoolConnCheckDeadline(conn, now);
 	}
