@@ -8,6 +8,7 @@ OBJS = \
 	src/settings.o \
 	src/conninfo.o \
 	src/proto.o \
+	src/text.o \
 	src/sync.o \
 	src/channel.o \
 	src/query.o \

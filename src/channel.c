@@ -156,34 +156,50 @@ check_worker_alive(void)
 				 errhint("The request may or may not have run on the foreign server.")));
 }
 
-/*
- * Send one request message, waiting (interruptibly) while the queue is full.
- * The pending bit must be set only once the message is in the queue, then
- * the worker woken: a bit set earlier could be cleared by a worker that finds
- * no message yet, and the wake-up shm_mq gives on completion would find no
- * bit.  The worker's latch comes from DbpoolChannelOpen, without the shared
- * spinlock.
- */
-void
-DbpoolChannelSend(const char *data, Size len)
+/* Send one piece of a request, waiting (interruptibly) while the queue is full. */
+static void
+send_piece(int idx, const char *data, Size len)
 {
-	int			idx = my_channel_index();
-
 	for (;;)
 	{
 		shm_mq_result r = shm_mq_send(my_inq, len, data, true, true);
 
 		if (r == SHM_MQ_SUCCESS)
-			break;
+			return;
 		check_worker_alive();
 		if (r == SHM_MQ_DETACHED)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("the dbpool worker closed this session's channel")));
-		DbpoolChannelMarkPending(idx);	/* a partial message: let it drain */
+		DbpoolChannelMarkPending(idx);	/* a partial request: let it drain */
 		SetLatch(&my_worker->procLatch);
 		DbpoolBackendSleep(1000);
 	}
+}
+
+/*
+ * Send one request, in pieces of at most DBPOOL_REQUEST_PIECE_BYTES: the
+ * worker puts them together in a buffer it frees after a large request,
+ * whereas a shm_mq handle would keep one as large as the largest message it
+ * ever received (proto.h).  The pending bit must be set only once a piece is
+ * in the queue, then the worker woken: a bit set earlier could be cleared by
+ * a worker that finds no message yet, and the wake-up shm_mq gives on
+ * completion would find no bit.  The worker's latch comes from
+ * DbpoolChannelOpen, without the shared spinlock.
+ */
+void
+DbpoolChannelSend(const char *data, Size len)
+{
+	int			idx = my_channel_index();
+	Size		off = 0;
+
+	do
+	{
+		Size		n = Min(len - off, (Size) DBPOOL_REQUEST_PIECE_BYTES);
+
+		send_piece(idx, data + off, n);
+		off += n;
+	} while (off < len);
 	DbpoolChannelMarkPending(idx);
 	SetLatch(&my_worker->procLatch);
 }

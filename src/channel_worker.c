@@ -4,11 +4,12 @@
  *		the bytes that travel are proto.c's).
  *
  * The pending bitmap says which channels have news: the worker attaches to
- * new queues, frees abandoned channels, and takes requests, which it hands
- * to their pool.  Responses accumulate in the channel's out buffer and are
- * sent with nowait; a full queue parks the channel on the worker's blocked
- * list (backpressure) and the message is offered again, unchanged, once the
- * backend has read.  The channel's states and their rules are at the top of
+ * new queues, frees abandoned channels, and takes requests (in pieces, put
+ * together here), which it hands to their pool.  Responses accumulate in the
+ * channel's out buffer and are sent with nowait; a full queue parks the
+ * channel on the worker's blocked list (backpressure) and the message is
+ * offered again, unchanged, once the backend has read.  Buffers that a large
+ * message grew are freed when their request ends.  The channel's states and their rules are at the top of
  * shmem.c.
  */
 #include "postgres.h"
@@ -44,6 +45,39 @@ DbpoolWorkerChannelsInit(void)
 	}
 }
 
+/* Give back a buffer that a large message grew (over DBPOOL_LARGE_MESSAGE_BYTES), and empty it. */
+static void
+shrink_buffer(StringInfo buf)
+{
+	if (buf->maxlen > DBPOOL_LARGE_MESSAGE_BYTES)
+	{
+		pfree(buf->data);
+		buf->data = MemoryContextAlloc(DbpoolWorkerContext, 8192);
+		buf->maxlen = 8192;
+		DbpoolWorkerFreedLarge();
+	}
+	resetStringInfo(buf);
+}
+
+/*
+ * The request is over (answered or dropped): give back the room a large one
+ * took, its message and its parameter array.  The texts in ch->req point
+ * into the message and are not used after this.
+ */
+static void
+release_request(WorkerChannel *ch)
+{
+	ch->msg_total = 0;
+	shrink_buffer(&ch->msg);
+	if (ch->params_alloc > 1024)
+	{
+		pfree(ch->req.params);
+		ch->req.params = NULL;
+		ch->params_alloc = 0;
+		DbpoolWorkerFreedLarge();
+	}
+}
+
 /* Forget the current request: off the wait queue, off its connection. */
 static void
 drop_request(WorkerChannel *ch)
@@ -57,8 +91,9 @@ drop_request(WorkerChannel *ch)
 	ch->state = REQ_NONE;
 	ch->conn = NULL;
 	ch->pool = NULL;
-	resetStringInfo(&ch->out);
-	resetStringInfo(&ch->sending);
+	release_request(ch);
+	shrink_buffer(&ch->out);
+	shrink_buffer(&ch->sending);
 	ch->out_final = ch->sending_final = false;
 	if (ch->blocked)
 	{
@@ -94,33 +129,71 @@ DbpoolWorkerDetachAll(void)
 			worker_detach(&DbpoolWorkerChannels[i]);
 }
 
-/* Take a request off the channel's queue, if there is one, and hand it to its pool. */
+/*
+ * Make room for a request of total bytes (from its first piece): a large
+ * one gets exactly its size, not the next power of two.
+ */
+static void
+start_request(WorkerChannel *ch, Size total)
+{
+	if (ch->msg.maxlen < (int) total + 1)
+	{
+		Size		size = Max(total + 1, 8192);
+
+		pfree(ch->msg.data);
+		ch->msg.data = MemoryContextAlloc(DbpoolWorkerContext, size);
+		ch->msg.maxlen = (int) size;
+	}
+	resetStringInfo(&ch->msg);
+	ch->msg_total = total;
+}
+
+/*
+ * Take the pieces of a request off the channel's queue, as many as are there
+ * (proto.h); once it is whole, hand it to its pool.  Pieces that cannot be
+ * a request's mean the channel is not to be trusted: drop our handles (the
+ * backend's send fails, and it abandons the channel).
+ */
 static void
 receive_request(WorkerChannel *ch)
 {
-	Size		nbytes;
-	void	   *data;
 	WorkerPool *pool;
-	shm_mq_result r = shm_mq_receive(ch->inq, &nbytes, &data, true);
 
-	if (r == SHM_MQ_WOULD_BLOCK)
-		return;
-	if (r == SHM_MQ_DETACHED)
+	for (;;)
 	{
-		worker_detach(ch);
-		return;
-	}
-	resetStringInfo(&ch->msg);
-	appendBinaryStringInfo(&ch->msg, data, nbytes);
-	if (ch->msg.maxlen > 1024 * 1024 && nbytes < 64 * 1024)
-	{
-		/* do not keep a huge buffer after one huge request */
-		pfree(ch->msg.data);
-		ch->msg.data = MemoryContextAlloc(DbpoolWorkerContext, 1024);
-		ch->msg.maxlen = 1024;
-		resetStringInfo(&ch->msg);
+		Size		nbytes;
+		void	   *data;
+		Size		total;
+		shm_mq_result r = shm_mq_receive(ch->inq, &nbytes, &data, true);
+
+		if (r == SHM_MQ_WOULD_BLOCK)
+			return;				/* the rest comes with the next pending bit */
+		if (r == SHM_MQ_DETACHED)
+		{
+			worker_detach(ch);
+			return;
+		}
+		if (ch->msg_total == 0)
+		{
+			if (!DbpoolProtoRequestLength(data, nbytes, &total))
+			{
+				elog(LOG, "dbpool: a malformed request arrived on channel %d", ch->index);
+				worker_detach(ch);
+				return;
+			}
+			start_request(ch, total);
+		}
+		if (nbytes > ch->msg_total - ch->msg.len)
+		{
+			elog(LOG, "dbpool: a malformed request arrived on channel %d", ch->index);
+			worker_detach(ch);
+			return;
+		}
 		appendBinaryStringInfo(&ch->msg, data, nbytes);
+		if ((Size) ch->msg.len == ch->msg_total)
+			break;
 	}
+	ch->msg_total = 0;
 	ch->state = REQ_RUNNING;	/* answered by dbpool itself unless submitted */
 	if (!DbpoolProtoParseRequest(ch->msg.data, ch->msg.len, &ch->req, &ch->params_alloc,
 								 DbpoolWorkerContext))
@@ -216,19 +289,6 @@ DbpoolWorkerProcessPending(void)
 	}
 }
 
-/* Give back a buffer that one huge message grew. */
-static void
-shrink_buffer(StringInfo buf)
-{
-	if (buf->maxlen > 1024 * 1024)
-	{
-		pfree(buf->data);
-		buf->data = MemoryContextAlloc(DbpoolWorkerContext, 8192);
-		buf->maxlen = 8192;
-	}
-	resetStringInfo(buf);
-}
-
 /*
  * Send what is buffered.  True when all is gone (or the client is), false
  * when the queue is full: call again once the backend has read.
@@ -293,6 +353,7 @@ DbpoolChannelFinishRequest(WorkerChannel *ch)
 	ch->conn = NULL;
 	ch->pool = NULL;
 	ch->out_final = false;
+	release_request(ch);
 }
 
 /* Append the final 'C' record. */
@@ -316,7 +377,7 @@ void
 DbpoolChannelError(WorkerChannel *ch, int sqlerrcode, const char *message,
 				   const char *detail, const char *hint)
 {
-	resetStringInfo(&ch->out);
+	shrink_buffer(&ch->out);
 	DbpoolProtoPutError(&ch->out, sqlerrcode, message, detail, hint, NULL);
 	ch->out_final = true;
 	DbpoolChannelReply(ch);

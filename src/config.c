@@ -21,6 +21,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -46,6 +47,10 @@ typedef struct PoolConfig
 	char	   *conninfo;
 	char	   *backup_conninfo;	/* NULL = none */
 	DbpoolSettings settings;
+	/* as the registry shows them: canonical UTF-8 (text.c), made inside the read */
+	char	   *shown_conninfo;
+	char	   *shown_backup_conninfo;	/* NULL = none */
+	char	   *shown_text[DBPOOL_MAX_SETTINGS];	/* text settings by descriptor; NULL: none */
 	Oid			owner;
 	bool		owner_is_superuser;
 	TimestampTz created_at;
@@ -59,7 +64,7 @@ static TimestampTz retry_at = 0;	/* after a failed read, not before this */
 static int	retry_ms = 0;
 static TimestampTz last_reload = 0;
 
-/* A conninfo from the table with its password masked ("" for none). */
+/* A conninfo as shown (canonical UTF-8) with its password masked ("" for none). */
 static char *
 redact(const char *conninfo)
 {
@@ -83,13 +88,17 @@ redact(const char *conninfo)
 	return redacted;
 }
 
-/* Write a pool's configuration into its registry slot. */
+/*
+ * Write a pool's configuration into its registry slot: its texts in their
+ * canonical form, cut to their room with a mark.
+ */
 static void
 publish_config(WorkerPool *pool, const PoolConfig *cfg)
 {
 	DbpoolPoolSlot *slot = &DbpoolShmem->pools[pool->slot];
-	char	   *redacted = redact(cfg->conninfo);
-	char	   *backup = redact(cfg->backup_conninfo);
+	char	   *redacted = redact(cfg->shown_conninfo);
+	char	   *backup = redact(cfg->shown_backup_conninfo);
+	int			i;
 
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
 	slot->in_use = true;
@@ -101,8 +110,14 @@ publish_config(WorkerPool *pool, const PoolConfig *cfg)
 	memcpy(slot->grantees, cfg->grantees, sizeof(Oid) * cfg->ngrantees);
 	slot->created_at = cfg->created_at;
 	slot->settings = cfg->settings;
-	strlcpy(slot->conninfo, redacted, sizeof(slot->conninfo));
-	strlcpy(slot->backup_conninfo, backup, sizeof(slot->backup_conninfo));
+	for (i = 0; i < DbpoolNumSettings; i++)
+		if (cfg->shown_text[i])
+			DbpoolTextStore(DbpoolSettingText(&slot->settings, &DbpoolSettingDescs[i]),
+							DBPOOL_TEXT_SETTING_LEN, cfg->shown_text[i],
+							strlen(cfg->shown_text[i]));
+	DbpoolTextStore(slot->conninfo, sizeof(slot->conninfo), redacted, strlen(redacted));
+	DbpoolTextStore(slot->backup_conninfo, sizeof(slot->backup_conninfo), backup,
+					strlen(backup));
 	LWLockRelease(DbpoolShmem->lock);
 	DbpoolRegistryChanged();
 	DbpoolPoolPublish(pool);
@@ -273,7 +288,13 @@ config_from_row(HeapTuple tup, TupleDesc desc)
 
 	strlcpy(cfg->name, SPI_getvalue(tup, desc, 1), sizeof(cfg->name));
 	cfg->conninfo = SPI_getvalue(tup, desc, 2);
+	cfg->shown_conninfo = DbpoolTextUtf8(cfg->conninfo, strlen(cfg->conninfo),
+										 GetDatabaseEncoding());
 	cfg->backup_conninfo = SPI_getvalue(tup, desc, 7);	/* NULL if null */
+	if (cfg->backup_conninfo)
+		cfg->shown_backup_conninfo = DbpoolTextUtf8(cfg->backup_conninfo,
+													strlen(cfg->backup_conninfo),
+													GetDatabaseEncoding());
 	cfg->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 	cfg->owner_is_superuser = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	cfg->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
@@ -305,8 +326,12 @@ config_from_row(HeapTuple tup, TupleDesc desc)
 		if (sd->type == DBPOOL_SETTING_INT)
 			*DbpoolSettingInt(&cfg->settings, sd) = DatumGetInt32(d);
 		else
-			strlcpy(DbpoolSettingText(&cfg->settings, sd), TextDatumGetCString(d),
-					DBPOOL_TEXT_SETTING_LEN);
+		{
+			char	   *v = TextDatumGetCString(d);
+
+			strlcpy(DbpoolSettingText(&cfg->settings, sd), v, DBPOOL_TEXT_SETTING_LEN);
+			cfg->shown_text[i] = DbpoolTextUtf8(v, strlen(v), GetDatabaseEncoding());
+		}
 	}
 	return cfg;
 }

@@ -35,10 +35,17 @@
 /* Targets with a host name lookup in flight (their lookup_node). */
 static dlist_head lookup_targets = DLIST_STATIC_INIT(lookup_targets);
 
-/* libpq notice processor that drops remote notices (they would go to the server log). */
+/*
+ * libpq notice processor that drops remote notices (they would go to the
+ * server log); a large one marks its connection (arg) for closing.
+ */
 static void
 notice_noop(void *arg, const char *message)
 {
+	WorkerConn *conn = (WorkerConn *) arg;
+
+	if (strlen(message) > DBPOOL_LARGE_MESSAGE_BYTES)
+		conn->large = true;
 }
 
 /* Change state, note when, add up the time spent active, and publish it. */
@@ -85,7 +92,11 @@ DbpoolConnDrainNotifies(WorkerConn *conn)
 	PGnotify   *n;
 
 	while ((n = PQnotifies(conn->pg)) != NULL)
+	{
+		if (strlen(n->relname) + strlen(n->extra) > DBPOOL_LARGE_MESSAGE_BYTES)
+			conn->large = true;
 		PQfreemem(n);
+	}
 }
 
 /*
@@ -411,7 +422,7 @@ connect_poll(WorkerConn *conn)
 	if (conn->poll != PGRES_POLLING_OK)
 		return;
 	(void) PQsetnonblocking(conn->pg, 1);
-	PQsetNoticeProcessor(conn->pg, notice_noop, NULL);
+	PQsetNoticeProcessor(conn->pg, notice_noop, conn);
 	if (!DbpoolConninfoPasswordRuleMet(conn->pg, pool->owner_is_superuser))
 	{
 		fail_connect(conn, ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED,
@@ -445,7 +456,8 @@ connect_poll(WorkerConn *conn)
 /*
  * Read what an idle connection's server sent: notifications are dropped; the
  * server closing it, or an error (a FATAL before it closes), closes it as
- * broken.  False if it was closed.
+ * broken; a large notice or notification closes it too (closed_large).
+ * False if it was closed.
  */
 static bool
 idle_input(WorkerConn *conn)
@@ -469,6 +481,11 @@ idle_input(WorkerConn *conn)
 		return false;
 	}
 	DbpoolConnDrainNotifies(conn);
+	if (conn->large)
+	{
+		DbpoolConnClose(conn, DBPOOL_CLOSE_LARGE);	/* a large notice or notification */
+		return false;
+	}
 	return true;
 }
 
@@ -599,6 +616,8 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 		DbpoolCancelForget(conn->cancel);
 	if (conn->pg)
 		PQfinish(conn->pg);
+	if (conn->large)
+		DbpoolWorkerFreedLarge();	/* libpq's buffers held a large value */
 	DbpoolStmtFree(&conn->stmts);
 	if (conn->has_fd)
 		ReleaseExternalFD();

@@ -26,6 +26,34 @@
 
 #define ROWS_PER_FLUSH_BYTES 8192
 
+/* A message of n bytes passed through libpq: past DBPOOL_LARGE_MESSAGE_BYTES, its buffers grew. */
+static inline void
+note_size(WorkerConn *conn, Size n)
+{
+	if (n > DBPOOL_LARGE_MESSAGE_BYTES)
+		conn->large = true;
+}
+
+/*
+ * The size of what the server sent for res but its rows: the error or
+ * notice text, and the column names of a result set's description (a
+ * foreign server is not trusted to keep them short).
+ */
+static Size
+result_desc_size(const PGresult *res)
+{
+	Size		n = strlen(PQresultErrorMessage(res));
+	int			i;
+
+	for (i = 0; i < PQnfields(res); i++)
+	{
+		const char *name = PQfname(res, i);	/* NULL in a COPY's result */
+
+		n += (name ? strlen(name) : 0) + 20;
+	}
+	return n;
+}
+
 /*
  * Answer the connection's client with an error (an ERRCODE_* value) and let
  * go of it; also is a counter to bump with it (a timeout), or -1.
@@ -155,6 +183,7 @@ DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch)
 	conn->preparing = conn->stmt_retry = conn->stmt_lost = false;
 	conn->prelude = PRELUDE_NONE;
 	conn->stmt = NULL;
+	note_size(conn, ch->msg.len);	/* libpq builds the whole Bind message in its buffer */
 	resetStringInfo(&conn->error);
 	conn->state = CONN_ACTIVE;
 	conn->state_since = ch->started_at = GetCurrentTimestamp();
@@ -359,6 +388,15 @@ copy_error(WorkerConn *conn)
 						"Use INSERT and SELECT through dbpool_exec and dbpool_query.", NULL);
 }
 
+/* Keep a result's command status (the foreign server's text: made canonical, text.c). */
+static void
+store_status(WorkerConn *conn, PGresult *res)
+{
+	const char *status = PQcmdStatus(res);
+
+	DbpoolTextStore(conn->status, sizeof(conn->status), status, strlen(status));
+}
+
 /* One result of a running request: forward rows, remember status and errors; false for COPY. */
 static bool
 handle_result(WorkerConn *conn, PGresult *res)
@@ -379,6 +417,9 @@ handle_result(WorkerConn *conn, PGresult *res)
 		DbpoolConnOrphan(conn);	/* cancel and drain the rest; cleanup sets UTF8 back */
 		return true;
 	}
+	if (!conn->result_started ||
+		(PQresultStatus(res) != PGRES_SINGLE_TUPLE && PQresultStatus(res) != PGRES_TUPLES_OK))
+		note_size(conn, result_desc_size(res));
 	switch (PQresultStatus(res))
 	{
 		case PGRES_SINGLE_TUPLE:
@@ -389,9 +430,14 @@ handle_result(WorkerConn *conn, PGresult *res)
 									  DbpoolConnReportedStyle(conn, "IntervalStyle"));
 			conn->result_started = true;
 			/* single-row mode: one row, or none in the TUPLES_OK that ends the set */
-			for (i = 0; rows && i < PQntuples(res); i++)
+			for (i = 0; i < PQntuples(res); i++)
 			{
-				if (DbpoolProtoRowSize(res, i) > DBPOOL_MAX_MESSAGE_BYTES)
+				Size		size = DbpoolProtoRowSize(res, i);
+
+				note_size(conn, size);	/* even when the rows are not wanted */
+				if (!rows)
+					continue;
+				if (size > DBPOOL_MAX_MESSAGE_BYTES)
 				{
 					DbpoolConnFailRequest(conn, ERRCODE_PROGRAM_LIMIT_EXCEEDED, -1,
 										  psprintf("a row from pool \"%s\" is too large", conn->pool->name),
@@ -407,7 +453,7 @@ handle_result(WorkerConn *conn, PGresult *res)
 			{
 				conn->rows += strtol(PQcmdTuples(res), NULL, 10);
 				conn->result_started = false;
-				strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+				store_status(conn, res);
 			}
 			if (ch && ch->out.len >= ROWS_PER_FLUSH_BYTES)
 				DbpoolChannelReply(ch);
@@ -416,7 +462,7 @@ handle_result(WorkerConn *conn, PGresult *res)
 		case PGRES_EMPTY_QUERY:
 			conn->rows += strtol(PQcmdTuples(res), NULL, 10);
 			conn->result_started = false;
-			strlcpy(conn->status, PQcmdStatus(res), sizeof(conn->status));
+			store_status(conn, res);
 			return true;
 		case PGRES_COPY_IN:
 		case PGRES_COPY_OUT:
@@ -580,7 +626,12 @@ DbpoolConnProcessResults(WorkerConn *conn)
 		}
 		if (conn->preparing || conn->prelude != PRELUDE_NONE || conn->state != CONN_ACTIVE)
 		{
-			/* a PREPARE's, a prelude's or a cleanup step's result: only an error matters */
+			int			i;
+
+			/* a PREPARE's, a prelude's or a cleanup step's result: only an error (and its size) matters */
+			note_size(conn, result_desc_size(res));
+			for (i = 0; i < PQntuples(res); i++)
+				note_size(conn, DbpoolProtoRowSize(res, i));
 			if (PQresultStatus(res) == PGRES_FATAL_ERROR && conn->error.len == 0)
 				DbpoolProtoPutRemoteError(&conn->error, res);
 			else if (!conn->preparing && conn->prelude == PRELUDE_NONE &&

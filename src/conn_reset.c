@@ -240,7 +240,9 @@ DbpoolConnSetUp(WorkerConn *conn)
 void
 DbpoolConnResetStart(WorkerConn *conn, PGTransactionStatusType ts)
 {
-	if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+	if (conn->large)
+		DbpoolConnClose(conn, DBPOOL_CLOSE_LARGE);	/* no cleanup: it is not reused */
+	else if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
 		start_step(conn, CLEANUP_ROLLBACK);
 	else if (ts != PQTRANS_IDLE)
 		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);

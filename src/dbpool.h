@@ -17,7 +17,7 @@
  *	  (whose threads run libpq only), resolve.c (whose threads run
  *	  getaddrinfo only), janitor.c, and the writing halves of
  *	  stats.c and slowlog.c;
- *	- both: settings.c, conninfo.c, proto.c, and the reading halves of
+ *	- both: settings.c, conninfo.c, proto.c, text.c, and the reading halves of
  *	  stats.c and slowlog.c.
  */
 #ifndef DBPOOL_H
@@ -43,6 +43,15 @@
 #define DBPOOL_DROP_GRACE_MS	10000	/* queries of a dropped pool may finish */
 #define DBPOOL_CANCEL_GRACE_MS	5000	/* a cancelled query must end by then */
 #define DBPOOL_MAX_MESSAGE_BYTES (256 * 1024 * 1024)	/* a request or a row, at most */
+/*
+ * A request, row, error or notice larger than this is a large value: the
+ * connection that carried it is closed after the request instead of going
+ * back to its pool (libpq's buffers only grow), and the worker's own buffers
+ * that held it are freed and the memory given back to the system.
+ */
+#define DBPOOL_LARGE_MESSAGE_BYTES (1024 * 1024)
+/* A request travels to the worker in pieces of at most this size. */
+#define DBPOOL_REQUEST_PIECE_BYTES (DBPOOL_REQUEST_QUEUE_SIZE / 2)
 #define DBPOOL_PASSWORD_MASK	"********"
 #define DBPOOL_MAX_SETTINGS		32		/* room in view rows for settings */
 #define DBPOOL_LOG_INTERVAL_MS	60000	/* repeated log lines: at most once a minute */
@@ -150,6 +159,15 @@ extern int	DbpoolConninfoAttemptParams(const DbpoolConnParams *p, const char *co
 extern bool DbpoolConninfoDropClientCheck(DbpoolConnParams *p);
 extern bool DbpoolConninfoPasswordRuleMet(struct pg_conn *pg, bool owner_is_superuser);
 
+/* ---------- texts kept in shared memory and relayed (text.c) ---------- */
+
+#define DBPOOL_TEXT_CUT_MARK	"..."	/* ends a text cut to fit its room */
+
+extern char *DbpoolTextUtf8(const char *text, int len, int encoding);
+extern void DbpoolTextStore(char *dst, Size size, const char *text, int len);
+extern char *DbpoolTextRender(const char *utf8, int len);
+extern char *DbpoolTextShow(const char *utf8);
+
 /* ---------- shared memory (shmem.c) ---------- */
 
 typedef enum DbpoolPoolState
@@ -175,8 +193,8 @@ typedef struct DbpoolPoolSlot
 	int			ngrantees;
 	Oid			grantees[DBPOOL_MAX_GRANTEES];
 	TimestampTz created_at;
-	DbpoolSettings settings;
-	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted */
+	DbpoolSettings settings;	/* its texts as shown: canonical UTF-8 (text.c) */
+	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted; canonical UTF-8 */
 	char		backup_conninfo[DBPOOL_CONNINFO_LEN];	/* the same; "" = none */
 	bool		on_backup;		/* serving from the backup (a single store by the worker) */
 	pg_atomic_uint32 ops_pending;	/* manual operations asked for (ops.c) */

@@ -117,11 +117,11 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 
 	appendStringInfoChar(buf, '{');
 	key(buf, "conninfo");
-	escape_json(buf, p->conninfo);
+	escape_json(buf, DbpoolTextShow(p->conninfo));
 	appendStringInfoChar(buf, ',');
 	key(buf, "backup_conninfo");
 	if (p->backup_conninfo[0])
-		escape_json(buf, p->backup_conninfo);
+		escape_json(buf, DbpoolTextShow(p->backup_conninfo));
 	else
 		appendStringInfoString(buf, "null");
 	for (i = 0; i < DbpoolNumSettings; i++)
@@ -135,7 +135,7 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 		else if (DbpoolSettingText(&p->settings, d)[0] == '\0')
 			appendStringInfoString(buf, "null");
 		else
-			escape_json(buf, DbpoolSettingText(&p->settings, d));
+			escape_json(buf, DbpoolTextShow(DbpoolSettingText(&p->settings, d)));
 	}
 	appendStringInfoChar(buf, ',');
 	key(buf, "owner");

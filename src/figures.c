@@ -10,7 +10,6 @@
 #include <math.h>
 
 #include "catalog/pg_authid.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/timestamp.h"
@@ -252,13 +251,16 @@ DbpoolMaySeeText(Oid role)
 		(OidIsValid(role) && has_privs_of_role(me, role));
 }
 
-/* A UTF8 text of role as the current user may see it, in the database encoding. */
+/*
+ * A stored text of role as the current user may see it, in the database
+ * encoding (what it lacks escaped, text.c).
+ */
 const char *
 DbpoolShownText(const char *utf8, Oid role)
 {
 	if (!DbpoolMaySeeText(role))
 		return DBPOOL_INSUFFICIENT_PRIVILEGE;
-	return pg_any_to_server(utf8, strlen(utf8), PG_UTF8);
+	return DbpoolTextShow(utf8);
 }
 
 /* A connection state's SQL name. */

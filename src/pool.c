@@ -276,6 +276,8 @@ DbpoolConnShouldRetire(WorkerConn *conn, TimestampTz now, DbpoolCloseReason *rea
 	else if (pool->settings.max_lifetime_ms > 0 && conn->requests_served > 0 &&
 			 now >= TimestampTzPlusMilliseconds(conn->created_at, pool->settings.max_lifetime_ms))
 		*reason = DBPOOL_CLOSE_LIFETIME;
+	else if (conn->large)
+		*reason = DBPOOL_CLOSE_LARGE;
 	else
 		return false;
 	return true;

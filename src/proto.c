@@ -11,8 +11,10 @@
 #include "postgres.h"
 
 #include "libpq-fe.h"
+#include "mb/pg_wchar.h"
 #include "utils/elog.h"
 
+#include "dbpool.h"
 #include "proto.h"
 
 /* Append a native int32. */
@@ -33,13 +35,32 @@ put_text(StringInfo buf, const char *v)
 		appendBinaryStringInfo(buf, v, len);
 }
 
+/*
+ * Append a text that should be UTF-8 but comes from an untrusted source (a
+ * foreign server, libpq), in text.c's canonical form: invalid bytes escaped.
+ */
+static void
+put_utf8_text(StringInfo buf, const char *v)
+{
+	char	   *u = v ? DbpoolTextUtf8(v, strlen(v), PG_UTF8) : NULL;
+
+	put_text(buf, u);
+	if (u != v)
+		pfree(u);
+}
+
 /* ---------- requests ---------- */
 
-/* Start a request: kind, pool, user and parameter count; the texts follow. */
+/* Bytes of a request before its texts. */
+#define REQUEST_HEADER_BYTES	(4 + 1 + 4 + 8 + (int) sizeof(Oid) + 4)
+
+/* Start a request in an empty buf: length (set by DbpoolProtoRequestFinish), kind, pool, user, parameter count. */
 void
 DbpoolProtoRequestStart(StringInfo buf, char kind, int32 slot, uint64 pool_id, Oid user,
 						int32 nparams)
 {
+	Assert(buf->len == 0);
+	put_int32(buf, 0);
 	appendStringInfoChar(buf, kind);
 	put_int32(buf, slot);
 	appendBinaryStringInfo(buf, (const char *) &pool_id, 8);
@@ -59,6 +80,34 @@ DbpoolProtoPutString(StringInfo buf, const char *s, int32 len)
 	put_int32(buf, len);
 	appendBinaryStringInfo(buf, s, len);
 	appendStringInfoChar(buf, '\0');
+}
+
+/* The request is complete: write its total length at its start. */
+void
+DbpoolProtoRequestFinish(StringInfo buf)
+{
+	int32		len = buf->len;
+
+	memcpy(buf->data, &len, 4);
+}
+
+/*
+ * The total length of a request, from its first piece (len bytes); false if
+ * it cannot be a request (shorter than a header or over
+ * DBPOOL_MAX_MESSAGE_BYTES).
+ */
+bool
+DbpoolProtoRequestLength(const char *first, Size len, Size *total)
+{
+	int32		n;
+
+	if (len < 4)
+		return false;
+	memcpy(&n, first, 4);
+	if (n < REQUEST_HEADER_BYTES || n > DBPOOL_MAX_MESSAGE_BYTES)
+		return false;
+	*total = (Size) n;
+	return true;
 }
 
 /* Read a request text: *s points at its bytes (NUL-terminated), NULL for a NULL. */
@@ -94,8 +143,11 @@ DbpoolProtoParseRequest(const char *data, Size len, DbpoolRequest *req, int *par
 	const char *end = data + len;
 	int			i;
 
-	if (end - p < 1 + 4 + 8 + (int) sizeof(Oid) + 4)
+	Size		total;
+
+	if (!DbpoolProtoRequestLength(data, len, &total) || total != len)
 		return false;
+	p += 4;
 	req->kind = *p++;
 	if (req->kind != DBPOOL_REQ_QUERY && req->kind != DBPOOL_REQ_EXEC)
 		return false;
@@ -186,10 +238,10 @@ DbpoolProtoPutError(StringInfo buf, int sqlerrcode, const char *message, const c
 {
 	appendStringInfoChar(buf, DBPOOL_REC_ERROR);
 	appendBinaryStringInfo(buf, unpack_sql_state(sqlerrcode), 5);
-	put_text(buf, message);
-	put_text(buf, detail);
-	put_text(buf, hint);
-	put_text(buf, context);
+	put_utf8_text(buf, message);
+	put_utf8_text(buf, detail);
+	put_utf8_text(buf, hint);
+	put_utf8_text(buf, context);
 }
 
 /*

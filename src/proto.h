@@ -7,9 +7,15 @@
  *
  * Both ends are processes of one server, so integers are native.  Text is
  * UTF8, whatever the databases' encodings: the backend converts on its way
- * in and out.
+ * in and out.  The texts of 'E' records, and the status of 'C' records, are
+ * in text.c's canonical form (a foreign server's invalid bytes escaped); row
+ * values are passed as the foreign server sent them.
  *
- * A request is one shm_mq message:
+ * A request is sent as a series of shm_mq messages, its pieces, each at most
+ * DBPOOL_REQUEST_PIECE_BYTES (channel.c), which the worker puts together in a
+ * buffer of its own: a shm_mq handle keeps, for its whole life, a buffer as
+ * large as the largest message it received.  The request's bytes are:
+ *	int32 total length of the request, these 4 bytes included
  *	char kind ('Q' rows wanted, 'X' command status only)
  *	int32 pool slot, uint64 pool_id, Oid user
  *	int32 nparams (-1: no parameters, simple protocol, several statements)
@@ -67,6 +73,8 @@ typedef struct DbpoolErrorFields
 extern void DbpoolProtoRequestStart(StringInfo buf, char kind, int32 slot, uint64 pool_id,
 									Oid user, int32 nparams);
 extern void DbpoolProtoPutString(StringInfo buf, const char *s, int32 len);
+extern void DbpoolProtoRequestFinish(StringInfo buf);
+extern bool DbpoolProtoRequestLength(const char *first, Size len, Size *total);
 extern bool DbpoolProtoParseRequest(const char *data, Size len, DbpoolRequest *req,
 									int *params_alloc, MemoryContext cxt);
 

@@ -252,6 +252,7 @@ build_request(StringInfo buf, char kind, const PoolRef *ref, const char *sql, Ar
 		}
 	}
 	check_request_size(buf);
+	DbpoolProtoRequestFinish(buf);
 }
 
 /* The worker sent something this backend cannot read. */
@@ -261,20 +262,31 @@ truncated(void)
 	elog(ERROR, "dbpool: truncated response from the worker");
 }
 
-/* Raise the error an 'E' record carries (after its type byte), naming the pool. */
+/*
+ * Raise the error an 'E' record carries (after its type byte), naming the
+ * pool; its texts in this database's encoding, what it lacks escaped (text.c).
+ */
 static void
 raise_error(const char **p, const char *end, const char *pool)
 {
 	DbpoolErrorFields e;
+	char	   *message,
+			   *detail,
+			   *hint,
+			   *context;
 
 	if (!DbpoolProtoGetError(p, end, &e))
 		truncated();
+	message = DbpoolTextShow(e.message);
+	detail = DbpoolTextShow(e.detail);
+	hint = DbpoolTextShow(e.hint);
+	context = DbpoolTextShow(e.context);
 	ereport(ERROR,
 			(errcode(e.sqlerrcode),
-			 errmsg_internal("%s", pg_any_to_server(e.message, strlen(e.message), PG_UTF8)),
-			 e.detail[0] ? errdetail_internal("%s", pg_any_to_server(e.detail, strlen(e.detail), PG_UTF8)) : 0,
-			 e.hint[0] ? errhint("%s", pg_any_to_server(e.hint, strlen(e.hint), PG_UTF8)) : 0,
-			 e.context[0] ? errcontext("%s", pg_any_to_server(e.context, strlen(e.context), PG_UTF8)) : 0,
+			 errmsg_internal("%s", message),
+			 detail[0] ? errdetail_internal("%s", detail) : 0,
+			 hint[0] ? errhint("%s", hint) : 0,
+			 context[0] ? errcontext("%s", context) : 0,
 			 errcontext("dbpool pool \"%s\"", pool)));
 }
 
@@ -413,7 +425,7 @@ receive_response(ResultSink *sink, const char *pool, volatile bool *finished)
 						*finished = true;
 						if (!DbpoolProtoGetText(&p, end, &status, &slen) || slen < 0)
 							truncated();
-						return pg_any_to_server(pnstrdup(status, slen), slen, PG_UTF8);
+						return DbpoolTextRender(status, slen);
 					}
 				case DBPOOL_REC_ERROR:
 					*finished = true;

@@ -13,7 +13,6 @@
  */
 #include "postgres.h"
 
-#include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 
 #include "dbpool.h"
@@ -37,16 +36,11 @@ DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at, int6
 	DbpoolSlowLog *log = DbpoolShmem->slowlog;
 	uint64		seq;
 	DbpoolSlowEntry *e;
-	Size		textlen = DbpoolQueryTextLen();
-	int			len;
 
 	if (log->size == 0)
 		return;
 	seq = pg_atomic_read_u64(&log->next);
 	e = DbpoolSlowEntryAt(seq);
-	len = strlen(ch->req.sql);
-	if (len >= (int) textlen)
-		len = pg_encoding_mbcliplen(PG_UTF8, ch->req.sql, len, textlen - 1);
 
 	DbpoolBeginWrite(&e->changecount);
 	e->seq = seq;
@@ -59,8 +53,7 @@ DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at, int6
 	e->role = ch->req.user;
 	e->rows = rows;
 	strlcpy(e->sqlstate, sqlstate ? sqlstate : "", sizeof(e->sqlstate));
-	memcpy(e->query, ch->req.sql, len);
-	e->query[len] = '\0';
+	DbpoolTextStore(e->query, DbpoolQueryTextLen(), ch->req.sql, strlen(ch->req.sql));
 	DbpoolEndWrite(&e->changecount);
 	pg_atomic_write_u64(&log->next, seq + 1);
 }

@@ -27,11 +27,11 @@
  *	  and applies every reset_pending, then publishes reset_applied.  A
  *	  caller that sees reset_applied reach its request knows its pools were
  *	  reset.
- *	- Query texts and error messages are UTF8, as the requests.
+ *	- Query texts and error messages are in text.c's canonical form: valid
+ *	  UTF-8, invalid bytes escaped, cut between characters with a mark.
  */
 #include "postgres.h"
 
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/shmem.h"
 #include "utils/backend_status.h"
@@ -47,7 +47,8 @@ const char *const DbpoolCounterNames[DBPOOL_NUM_COUNTERS] = {
 	"queries", "errors", "acquire_timeouts", "query_timeouts", "cancels", "slow_queries",
 	"rows", "connections_created", "connection_failures", "closed_idle", "closed_lifetime",
 	"closed_error", "closed_resize", "closed_config", "closed_drop",
-	"closed_broken", "retries"
+	"closed_broken", "retries",
+	"closed_large"
 };
 
 /* Worker-local: free connection entries, a stack of indexes. */
@@ -499,18 +500,6 @@ DbpoolStatsConnUpdate(WorkerConn *conn)
 	DbpoolEndWrite(&e->changecount);
 }
 
-/* Copy at most size - 1 bytes of UTF8 text, cut at a character boundary. */
-static void
-copy_text(char *dst, const char *src, Size size)
-{
-	int			len = strlen(src);
-
-	if (len >= (int) size)
-		len = pg_encoding_mbcliplen(PG_UTF8, src, len, size - 1);
-	memcpy(dst, src, len);
-	dst[len] = '\0';
-}
-
 /* A connection (now serving ch) starts ch's request: publish it with its text and role. */
 void
 DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch)
@@ -522,7 +511,7 @@ DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
 	DbpoolBeginWrite(&e->changecount);
-	copy_text(e->last_query, ch->req.sql, DbpoolQueryTextLen());
+	DbpoolTextStore(e->last_query, DbpoolQueryTextLen(), ch->req.sql, strlen(ch->req.sql));
 	e->last_role = ch->req.user;
 	fill_state(e, conn);
 	DbpoolEndWrite(&e->changecount);
@@ -538,7 +527,7 @@ DbpoolStatsConnError(WorkerConn *conn, const char *message, Oid role)
 		return;
 	e = DbpoolConnEntryAt(conn->entry);
 	DbpoolBeginWrite(&e->changecount);
-	copy_text(e->last_error, message, sizeof(e->last_error));
+	DbpoolTextStore(e->last_error, sizeof(e->last_error), message, strlen(message));
 	e->last_error_role = role;
 	DbpoolEndWrite(&e->changecount);
 }

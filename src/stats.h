@@ -52,6 +52,7 @@ typedef enum DbpoolCounter
 	DBPOOL_C_CLOSED_DROP,		/* the pool was dropped */
 	DBPOOL_C_CLOSED_BROKEN,		/* found closed by the server while idle or before use */
 	DBPOOL_C_RETRIES,			/* requests given another connection, not sent yet */
+	DBPOOL_C_CLOSED_LARGE,		/* it carried a large value (DBPOOL_LARGE_MESSAGE_BYTES) */
 	DBPOOL_NUM_COUNTERS
 } DbpoolCounter;
 
@@ -67,7 +68,8 @@ typedef enum DbpoolCloseReason
 	DBPOOL_CLOSE_RESIZE = DBPOOL_C_CLOSED_RESIZE,
 	DBPOOL_CLOSE_CONFIG = DBPOOL_C_CLOSED_CONFIG,
 	DBPOOL_CLOSE_DROP = DBPOOL_C_CLOSED_DROP,
-	DBPOOL_CLOSE_BROKEN = DBPOOL_C_CLOSED_BROKEN
+	DBPOOL_CLOSE_BROKEN = DBPOOL_C_CLOSED_BROKEN,
+	DBPOOL_CLOSE_LARGE = DBPOOL_C_CLOSED_LARGE
 } DbpoolCloseReason;
 
 typedef struct DbpoolHist

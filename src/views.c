@@ -127,8 +127,9 @@ dbpool_pools(PG_FUNCTION_ARGS)
 		char	   *owner = GetUserNameFromId(p->owner, true);
 
 		values[c++] = CStringGetTextDatum(p->name);
-		values[c++] = CStringGetTextDatum(p->conninfo);
-		values[c] = text_or_null(p->backup_conninfo[0] ? p->backup_conninfo : NULL, &nulls[c]);
+		values[c++] = CStringGetTextDatum(DbpoolTextShow(p->conninfo));
+		values[c] = text_or_null(p->backup_conninfo[0] ? DbpoolTextShow(p->backup_conninfo) : NULL,
+								 &nulls[c]);
 		c++;
 		for (j = 0; j < DbpoolNumSettings; j++)
 		{
@@ -140,8 +141,9 @@ dbpool_pools(PG_FUNCTION_ARGS)
 			{
 				char	   *v = DbpoolSettingText(&p->settings, d);
 
-				values[c] = CStringGetTextDatum(v);
 				nulls[c] = (v[0] == '\0');
+				if (!nulls[c])
+					values[c] = CStringGetTextDatum(DbpoolTextShow(v));
 			}
 			c++;
 		}

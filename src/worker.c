@@ -13,6 +13,8 @@
  * from the channels the pending bitmap names (channel_worker.c), responses a
  * full queue held back, statistics resets, pools waiting for room under the
  * global cap (pool.c), and housekeeping when a deadline is due (janitor.c).
+ * After large values were freed, the next iteration gives free heap memory
+ * back to the system (trim_if_freed_large).
  *
  * It never waits on the network (non-blocking libpq; cancels and host name
  * lookups in threads, cancel.c and resolve.c) and never raises an ERROR for
@@ -20,6 +22,10 @@
  * configuration table (config.c).
  */
 #include "postgres.h"
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -58,6 +64,7 @@ static dlist_head blocked_channels = DLIST_STATIC_INIT(blocked_channels);
 static TimestampTz next_tick = 0;
 static WaitEventSet *wait_set = NULL;
 static MemoryContext loop_cxt = NULL;
+static bool freed_large = false;
 
 /* Connections changed sockets: rebuild the wait set before the next wait. */
 void
@@ -79,6 +86,30 @@ DbpoolWorkerDeadline(TimestampTz t)
 {
 	if (t != 0 && (next_tick == 0 || t < next_tick))
 		next_tick = t;
+}
+
+/* Something large was freed: give free memory back to the system before the next wait. */
+void
+DbpoolWorkerFreedLarge(void)
+{
+	freed_large = true;
+}
+
+/*
+ * After large buffers were freed: glibc keeps freed heap memory for reuse
+ * unless told (only chunks above its mmap threshold go back by themselves),
+ * so the worker would keep the size of the largest values it ever held.
+ * Not done on every iteration: malloc_trim walks the whole heap.
+ */
+static void
+trim_if_freed_large(void)
+{
+	if (!freed_large)
+		return;
+	freed_large = false;
+#ifdef __GLIBC__
+	(void) malloc_trim(0);
+#endif
 }
 
 /* True at most once a minute, across worker restarts, for "still waiting" lines. */
@@ -423,6 +454,7 @@ DbpoolWorkerMain(Datum main_arg)
 	{
 		MemoryContextSwitchTo(loop_cxt);
 		MemoryContextReset(loop_cxt);
+		trim_if_freed_large();
 		wait_for_events();
 		if (!serve_interrupts())
 			break;

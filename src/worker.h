@@ -85,7 +85,8 @@ typedef struct WorkerChannel
 
 	/* the current request */
 	RequestState state;
-	StringInfoData msg;			/* private copy of the request message */
+	StringInfoData msg;			/* the request, put together from its pieces */
+	Size		msg_total;		/* its length while pieces are still due; 0 otherwise */
 	DbpoolRequest req;			/* decoded; its texts point into msg */
 	int			params_alloc;	/* room in req.params */
 	WorkerPool *pool;
@@ -175,6 +176,8 @@ struct WorkerConn
 	uint32		restart_gen;	/* pool->restart_gen when opened */
 	uint64		requests_served;
 	bool		retire;			/* close instead of returning to the pool */
+	bool		large;			/* carried a large value: libpq's buffers grew, so
+								 * close it after the request (DBPOOL_CLOSE_LARGE) */
 	DbpoolCloseReason retire_reason;	/* ... and why */
 	int			entry;			/* its DbpoolConnEntry, -1 if none */
 	uint64		conn_id;
@@ -276,6 +279,7 @@ extern bool DbpoolWorkerCapBlocked;
 extern void DbpoolWorkerSocketsChanged(void);
 extern void DbpoolWorkerBlocked(WorkerChannel *ch);
 extern void DbpoolWorkerDeadline(TimestampTz t);
+extern void DbpoolWorkerFreedLarge(void);
 extern bool DbpoolWaitLogDue(void);
 
 /* config.c */
