@@ -20,6 +20,7 @@ OBJS = \
 	src/channel_worker.o \
 	src/pool.o \
 	src/janitor.o \
+	src/failover.o \
 	src/conn.o \
 	src/conn_query.o \
 	src/conn_reset.o \

@@ -9,6 +9,7 @@
 CREATE TABLE dbpool_config (
     name               text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]{1,63}$'),
     conninfo           text NOT NULL,
+    backup_conninfo    text,
     owner              regrole NOT NULL,
     created_at         timestamptz NOT NULL DEFAULT now(),
     min_size           int NOT NULL,
@@ -23,7 +24,8 @@ CREATE TABLE dbpool_config (
     retry_max_ms       int NOT NULL DEFAULT 10000,
     retry_attempts     int NOT NULL DEFAULT 3,
     down_probe_interval_ms int NOT NULL DEFAULT 500,
-    validation_interval_ms int NOT NULL DEFAULT 30000
+    validation_interval_ms int NOT NULL DEFAULT 30000,
+    failback_after_ms  int NOT NULL DEFAULT 30000
 );
 
 CREATE TABLE dbpool_grant (
@@ -67,12 +69,14 @@ CREATE FUNCTION dbpool_create_pool(
     retry_max_ms int DEFAULT 10000,
     retry_attempts int DEFAULT 3,
     down_probe_interval_ms int DEFAULT 500,
-    validation_interval_ms int DEFAULT 30000)
+    validation_interval_ms int DEFAULT 30000,
+    failback_after_ms int DEFAULT 30000,
+    backup_conninfo text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_create_pool'
 LANGUAGE C VOLATILE;
 
-REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int, int, text) FROM PUBLIC;
 
 CREATE FUNCTION dbpool_alter_pool(name text, options jsonb)
 RETURNS void
@@ -109,6 +113,7 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION dbpool_pools(
     OUT name text,
     OUT conninfo text,
+    OUT backup_conninfo text,
     OUT min_size int,
     OUT max_size int,
     OUT acquire_timeout_ms int,
@@ -122,8 +127,10 @@ CREATE FUNCTION dbpool_pools(
     OUT retry_attempts int,
     OUT down_probe_interval_ms int,
     OUT validation_interval_ms int,
+    OUT failback_after_ms int,
     OUT owner name,
     OUT state text,
+    OUT target text,
     OUT created_at timestamptz)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'dbpool_pools'

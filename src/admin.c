@@ -285,11 +285,12 @@ count_pools_locked(void)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
-/* Write name, conninfo and settings: INSERT (owner given) or UPDATE. */
+/* Write name, conninfo, backup_conninfo (NULL: none) and settings: INSERT (owner given) or UPDATE. */
 static uint64
-write_pool(const char *name, const char *conninfo, const DbpoolSettings *s, Oid owner)
+write_pool(const char *name, const char *conninfo, const char *backup, const DbpoolSettings *s,
+		   Oid owner)
 {
-	int			n = 2 + DbpoolNumSettings + (OidIsValid(owner) ? 1 : 0);
+	int			n = 3 + DbpoolNumSettings + (OidIsValid(owner) ? 1 : 0);
 	Oid		   *types = palloc(sizeof(Oid) * n);
 	Datum	   *values = palloc(sizeof(Datum) * n);
 	char	   *nulls = palloc(n + 1);
@@ -307,10 +308,14 @@ write_pool(const char *name, const char *conninfo, const DbpoolSettings *s, Oid 
 	values[0] = CStringGetTextDatum(name);
 	types[1] = TEXTOID;
 	values[1] = CStringGetTextDatum(conninfo);
+	types[2] = TEXTOID;
+	values[2] = backup ? CStringGetTextDatum(backup) : (Datum) 0;
+	if (backup == NULL)
+		nulls[2] = 'n';
 	for (i = 0; i < DbpoolNumSettings; i++)
 	{
 		const DbpoolSettingDesc *d = &DbpoolSettingDescs[i];
-		int			a = 2 + i;
+		int			a = 3 + i;
 
 		appendStringInfo(&cols, ", %s", d->name);
 		appendStringInfo(&params, ", $%d", a + 1);
@@ -334,22 +339,26 @@ write_pool(const char *name, const char *conninfo, const DbpoolSettings *s, Oid 
 	{
 		types[n - 1] = REGROLEOID;
 		values[n - 1] = ObjectIdGetDatum(owner);
-		return spi_run(psprintf("INSERT INTO %s (name, conninfo, owner%s) VALUES ($1, $2, $%d%s) "
-								"ON CONFLICT (name) DO NOTHING",
+		return spi_run(psprintf("INSERT INTO %s (name, conninfo, backup_conninfo, owner%s) "
+								"VALUES ($1, $2, $3, $%d%s) ON CONFLICT (name) DO NOTHING",
 								ext_table("dbpool_config"), cols.data, n, params.data),
 					   n, types, values, nulls, SPI_OK_INSERT);
 	}
-	return spi_run(psprintf("UPDATE %s SET conninfo = $2%s WHERE name = $1",
+	return spi_run(psprintf("UPDATE %s SET conninfo = $2, backup_conninfo = $3%s WHERE name = $1",
 							ext_table("dbpool_config"), sets.data),
 				   n, types, values, nulls, SPI_OK_UPDATE);
 }
 
-/* dbpool_create_pool(name, conninfo, settings...): define a pool owned by the caller. */
+/*
+ * dbpool_create_pool(name, conninfo, settings..., backup_conninfo): define a
+ * pool owned by the caller.
+ */
 Datum
 dbpool_create_pool(PG_FUNCTION_ARGS)
 {
 	char	   *name;
 	char	   *conninfo;
+	char	   *backup = NULL;
 	DbpoolSettings s;
 	AdminSpi	spi;
 	ErrorContextCallback hide;
@@ -379,8 +388,12 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 		else
 			*DbpoolSettingInt(&s, d) = PG_GETARG_INT32(2 + i);
 	}
+	if (!PG_ARGISNULL(2 + DbpoolNumSettings))
+		backup = text_to_cstring(PG_GETARG_TEXT_PP(2 + DbpoolNumSettings));
 	DbpoolValidateSettings(&s);
 	DbpoolValidateConninfo(conninfo, superuser());
+	if (backup)
+		DbpoolValidateConninfo(backup, superuser());
 
 	/* from here on SPI runs as the bootstrap superuser: the caller is spi.saved_user */
 	spi_begin(&spi);
@@ -390,7 +403,7 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 				 errmsg("cannot create pool \"%s\": dbpool.max_pools (%d) pools exist", name,
 						DbpoolMaxPools),
 				 errhint("Drop a pool, or raise dbpool.max_pools and restart the server.")));
-	if (write_pool(name, conninfo, &s, spi.saved_user) == 0)
+	if (write_pool(name, conninfo, backup, &s, spi.saved_user) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pool \"%s\" already exists", name)));
@@ -426,6 +439,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	AdminSpi	spi;
 	Oid			owner;
 	char	   *conninfo;
+	char	   *backup;
 	DbpoolSettings s;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
@@ -465,17 +479,18 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 		initStringInfo(&cols);
 		for (i = 0; i < DbpoolNumSettings; i++)
 			appendStringInfo(&cols, ", %s", DbpoolSettingDescs[i].name);
-		spi_run(psprintf("SELECT conninfo%s FROM %s WHERE name = $1", cols.data,
+		spi_run(psprintf("SELECT conninfo, backup_conninfo%s FROM %s WHERE name = $1", cols.data,
 						 ext_table("dbpool_config")),
 				1, types, values, NULL, SPI_OK_SELECT);
 	}
 	tt = SPI_tuptable;
 	conninfo = SPI_getvalue(tt->vals[0], tt->tupdesc, 1);
+	backup = SPI_getvalue(tt->vals[0], tt->tupdesc, 2);
 	DbpoolSettingsDefaults(&s);
 	for (i = 0; i < DbpoolNumSettings; i++)
 	{
 		const DbpoolSettingDesc *d = &DbpoolSettingDescs[i];
-		char	   *v = SPI_getvalue(tt->vals[0], tt->tupdesc, 2 + i);
+		char	   *v = SPI_getvalue(tt->vals[0], tt->tupdesc, 3 + i);
 
 		if (v == NULL)
 			continue;
@@ -507,6 +522,16 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 			conninfo = text;
 			continue;
 		}
+		if (strcmp(key, "backup_conninfo") == 0)
+		{
+			if (strcmp(type, "string") != 0 && strcmp(type, "null") != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid value for backup_conninfo"),
+						 errdetail("backup_conninfo takes a string, or null for none.")));
+			backup = strcmp(type, "null") == 0 ? NULL : text;
+			continue;
+		}
 		for (i = 0; i < DbpoolNumSettings && !known; i++)
 		{
 			const DbpoolSettingDesc *d = &DbpoolSettingDescs[i];
@@ -531,7 +556,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 			StringInfoData valid;
 
 			initStringInfo(&valid);
-			appendStringInfoString(&valid, "conninfo");
+			appendStringInfoString(&valid, "conninfo, backup_conninfo");
 			for (i = 0; i < DbpoolNumSettings; i++)
 				appendStringInfo(&valid, ", %s", DbpoolSettingDescs[i].name);
 			ereport(ERROR,
@@ -542,7 +567,9 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	}
 	DbpoolValidateSettings(&s);
 	DbpoolValidateConninfo(conninfo, superuser_arg(owner));
-	write_pool(name, conninfo, &s, InvalidOid);
+	if (backup)
+		DbpoolValidateConninfo(backup, superuser_arg(owner));
+	write_pool(name, conninfo, backup, &s, InvalidOid);
 	spi_end(&spi);
 	hide_end(&hide);
 	PG_RETURN_VOID();

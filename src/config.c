@@ -48,9 +48,11 @@ typedef struct PoolConfig
 {
 	char		name[DBPOOL_NAME_LEN];
 	char	   *conninfo;
+	char	   *backup_conninfo;	/* NULL = none */
 	DbpoolSettings settings;
 	/* as the registry shows them: canonical UTF-8 (text.c), made inside the read */
 	char	   *shown_conninfo;
+	char	   *shown_backup_conninfo;	/* NULL = none */
 	char	   *shown_text[DBPOOL_MAX_SETTINGS];	/* text settings by descriptor; NULL: none */
 	Oid			owner;
 	bool		owner_is_superuser;
@@ -66,22 +68,19 @@ static int	retry_ms = 0;
 static TimestampTz last_reload = 0;
 static bool replay_changed = false;	/* standby.c saw a replicated change not read yet */
 
-/*
- * Write a pool's configuration into its registry slot: its texts in their
- * canonical form, cut to their room with a mark.
- */
-static void
-publish_config(WorkerPool *pool, const PoolConfig *cfg)
+/* A conninfo as shown (canonical UTF-8) with its password masked ("" for none). */
+static char *
+redact(const char *conninfo)
 {
-	DbpoolPoolSlot *slot = &DbpoolShmem->pools[pool->slot];
 	char	   *redacted = NULL;
 	MemoryContext old = CurrentMemoryContext;
-	int			i;
 
+	if (conninfo == NULL)
+		return "";
 	/* the table's conninfo was validated when written; redaction cannot fail */
 	PG_TRY();
 	{
-		redacted = DbpoolRedactConninfo(cfg->shown_conninfo);
+		redacted = DbpoolRedactConninfo(conninfo);
 	}
 	PG_CATCH();
 	{
@@ -90,6 +89,20 @@ publish_config(WorkerPool *pool, const PoolConfig *cfg)
 		redacted = pstrdup("(invalid)");
 	}
 	PG_END_TRY();
+	return redacted;
+}
+
+/*
+ * Write a pool's configuration into its registry slot: its texts in their
+ * canonical form, cut to their room with a mark.
+ */
+static void
+publish_config(WorkerPool *pool, const PoolConfig *cfg)
+{
+	DbpoolPoolSlot *slot = &DbpoolShmem->pools[pool->slot];
+	char	   *redacted = redact(cfg->shown_conninfo);
+	char	   *backup = redact(cfg->shown_backup_conninfo);
+	int			i;
 
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
 	slot->in_use = true;
@@ -107,6 +120,8 @@ publish_config(WorkerPool *pool, const PoolConfig *cfg)
 							DBPOOL_TEXT_SETTING_LEN, cfg->shown_text[i],
 							strlen(cfg->shown_text[i]));
 	DbpoolTextStore(slot->conninfo, sizeof(slot->conninfo), redacted, strlen(redacted));
+	DbpoolTextStore(slot->backup_conninfo, sizeof(slot->backup_conninfo), backup,
+					strlen(backup));
 	LWLockRelease(DbpoolShmem->lock);
 	DbpoolRegistryChanged();
 	DbpoolPoolPublish(pool);
@@ -161,18 +176,45 @@ create_pool(const PoolConfig *cfg)
 	dlist_init(&pool->conns);
 	dlist_init(&pool->idle);
 	dlist_init(&pool->waiters);
+	pool->primary.pool = pool->backup.pool = pool;
+	pool->backup.backup = true;
 	dlist_push_tail(&DbpoolWorkerPools, &pool->node);
 	DbpoolStatsPoolCreated(pool);
 	return pool;
 }
 
-/* Apply one pool's configuration (new or changed) to the live pool. */
+/* Give target the conninfo of the table (NULL: none); whether it changed. */
+static bool
+set_target(WorkerPool *pool, WorkerTarget *target, const char *conninfo)
+{
+	if (target->conninfo == NULL ? conninfo == NULL :
+		conninfo != NULL && strcmp(target->conninfo, conninfo) == 0)
+		return false;
+	/* a lookup of the old host names is of no use (apply_config closes its connections) */
+	DbpoolConnForgetLookup(target);
+	if (target->conninfo)
+		pfree(target->conninfo);
+	target->conninfo = NULL;
+	if (conninfo == NULL)
+		return true;
+	target->conninfo = MemoryContextStrdup(DbpoolWorkerContext, conninfo);
+	if (!DbpoolConninfoBuildParams(target->conninfo, &target->params, DbpoolWorkerContext))
+		ereport(WARNING, (errmsg("dbpool: pool \"%s\" has an invalid %s", pool->name,
+								 target->backup ? "backup_conninfo" : "conninfo")));
+	return true;
+}
+
+/*
+ * Apply one pool's configuration (new or changed) to the live pool.  A
+ * change of conninfo replaces the connections to the primary; a pool on its
+ * backup goes back to its primary when either conninfo changes.
+ */
 static void
 apply_config(WorkerPool *pool, const PoolConfig *cfg)
 {
-	bool		conninfo_changed = pool->conninfo == NULL ||
-		strcmp(pool->conninfo, cfg->conninfo) != 0;
 	bool		demoted = pool->owner_is_superuser && !cfg->owner_is_superuser;
+	bool		primary_changed = set_target(pool, &pool->primary, cfg->conninfo);
+	bool		backup_changed = set_target(pool, &pool->backup, cfg->backup_conninfo);
 	dlist_mutable_iter it;
 
 	pool->settings = cfg->settings;
@@ -180,15 +222,10 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 	pool->owner_is_superuser = cfg->owner_is_superuser;
 	if (demoted)
 		pool->conninfo_gen++;	/* its connections passed a check the owner would not now */
-	if (conninfo_changed)
+	if (pool->on_backup && (primary_changed || backup_changed))
+		DbpoolPoolUsePrimary(pool);
+	else if (primary_changed)
 	{
-		/* a lookup of the old host names is of no use (the loop below closes its connections) */
-		DbpoolConnForgetLookup(pool);
-		if (pool->conninfo)
-			pfree(pool->conninfo);
-		pool->conninfo = MemoryContextStrdup(DbpoolWorkerContext, cfg->conninfo);
-		if (!DbpoolConninfoBuildParams(pool->conninfo, &pool->params, DbpoolWorkerContext))
-			ereport(WARNING, (errmsg("dbpool: pool \"%s\" has an invalid conninfo", pool->name)));
 		pool->conninfo_gen++;
 		DbpoolPoolResetFailures(pool);
 	}
@@ -200,7 +237,9 @@ apply_config(WorkerPool *pool, const PoolConfig *cfg)
 
 		if (conn->state == CONN_IDLE && DbpoolConnShouldRetire(conn, GetCurrentTimestamp(), &reason))
 			DbpoolConnClose(conn, reason);
-		else if (conn->state == CONN_CONNECTING && (conninfo_changed || demoted))
+		else if (conn->state == CONN_CONNECTING &&
+				 (conn->conninfo_gen != pool->conninfo_gen ||
+				  (conn->probe && primary_changed)))
 			DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
 	}
 	publish_config(pool, cfg);
@@ -255,6 +294,11 @@ config_from_row(HeapTuple tup, TupleDesc desc)
 	cfg->conninfo = SPI_getvalue(tup, desc, 2);
 	cfg->shown_conninfo = DbpoolTextUtf8(cfg->conninfo, strlen(cfg->conninfo),
 										 GetDatabaseEncoding());
+	cfg->backup_conninfo = SPI_getvalue(tup, desc, 7);	/* NULL if null */
+	if (cfg->backup_conninfo)
+		cfg->shown_backup_conninfo = DbpoolTextUtf8(cfg->backup_conninfo,
+													strlen(cfg->backup_conninfo),
+													GetDatabaseEncoding());
 	cfg->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 	cfg->owner_is_superuser = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	cfg->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
@@ -280,7 +324,7 @@ config_from_row(HeapTuple tup, TupleDesc desc)
 	{
 		const DbpoolSettingDesc *sd = &DbpoolSettingDescs[i];
 
-		d = SPI_getbinval(tup, desc, 7 + i, &isnull);
+		d = SPI_getbinval(tup, desc, 8 + i, &isnull);
 		if (isnull)
 			continue;
 		if (sd->type == DBPOOL_SETTING_INT)
@@ -311,7 +355,7 @@ config_query(const char *schema)
 					 "WHERE r.oid OPERATOR(pg_catalog.=) c.owner::pg_catalog.oid), false), "
 					 "c.created_at, "
 					 "ARRAY(SELECT g.role::pg_catalog.oid FROM %s.dbpool_grant g "
-					 "WHERE g.pool OPERATOR(pg_catalog.=) c.name)",
+					 "WHERE g.pool OPERATOR(pg_catalog.=) c.name), c.backup_conninfo",
 					 qs);
 	for (i = 0; i < DbpoolNumSettings; i++)
 		appendStringInfo(&sql, ", c.%s", DbpoolSettingDescs[i].name);

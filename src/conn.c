@@ -32,8 +32,8 @@
 #include "dbpool.h"
 #include "worker.h"
 
-/* Pools with a host name lookup in flight (their lookup_node). */
-static dlist_head lookup_pools = DLIST_STATIC_INIT(lookup_pools);
+/* Targets with a host name lookup in flight (their lookup_node). */
+static dlist_head lookup_targets = DLIST_STATIC_INIT(lookup_targets);
 
 /*
  * libpq notice processor that drops remote notices (they would go to the
@@ -99,13 +99,25 @@ DbpoolConnDrainNotifies(WorkerConn *conn)
 	}
 }
 
-/* A connection attempt failed (an ERRCODE_* value): tell the pool (its waiters), then close. */
+/*
+ * A connection attempt failed (an ERRCODE_* value): tell the pool (its
+ * waiters), then close.  A probe's failure goes to failover.c instead, and
+ * an attempt at a target the pool has left since (failover, failback) tells
+ * nobody.
+ */
 static void
 fail_connect(WorkerConn *conn, int sqlerrcode, const char *message, const char *detail,
 			 const char *hint)
 {
-	DbpoolStatsCount(conn->pool, DBPOOL_C_CONN_FAILURES);
-	DbpoolPoolConnFailed(conn->pool, sqlerrcode, message, detail, hint);
+	WorkerPool *pool = conn->pool;
+
+	if (conn->probe)
+		DbpoolFailoverProbed(pool, false, detail ? detail : message);
+	else if (conn->conninfo_gen == pool->conninfo_gen)
+	{
+		DbpoolStatsCount(pool, DBPOOL_C_CONN_FAILURES);
+		DbpoolPoolConnFailed(pool, sqlerrcode, message, detail, hint);
+	}
 	DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
 }
 
@@ -133,82 +145,97 @@ start_libpq(WorkerConn *conn, const char *const *keywords, const char *const *va
 	return true;
 }
 
-/* The worker no longer waits for pool's lookup (the thread frees it when done). */
+/* The worker no longer waits for target's lookup (the thread frees it when done). */
 static void
-forget_lookup(WorkerPool *pool)
+forget_lookup(WorkerTarget *target)
 {
-	DbpoolLookupForget(pool->lookup);
-	pool->lookup = NULL;
-	dlist_delete(&pool->lookup_node);
+	DbpoolLookupForget(target->lookup);
+	target->lookup = NULL;
+	dlist_delete(&target->lookup_node);
 }
 
-/* The names pool's connections look up, quoted, for messages. */
+/* The names target's connections look up, quoted, for messages. */
 static char *
-lookup_names(WorkerPool *pool)
+lookup_names(WorkerTarget *target)
 {
 	StringInfoData buf;
 	int			i;
 
 	initStringInfo(&buf);
-	for (i = 0; i < pool->params.nhosts; i++)
-		if (pool->params.lookup[i] != NULL)
+	for (i = 0; i < target->params.nhosts; i++)
+		if (target->params.lookup[i] != NULL)
 			appendStringInfo(&buf, "%s\"%s\"", buf.len > 0 ? ", " : "",
-							 pool->params.lookup[i]);
+							 target->params.lookup[i]);
 	return buf.data;
 }
 
-/* Make conn wait for its pool's lookup, starting one if needed; false if it failed (the pool was told). */
+/* Make conn wait for its target's lookup, starting one if needed; false if it failed (the pool was told). */
 static bool
 await_lookup(WorkerConn *conn)
 {
-	WorkerPool *pool = conn->pool;
+	WorkerTarget *target = conn->target;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (pool->lookup != NULL &&
-		TimestampDifferenceExceeds(pool->lookup_started, now, DBPOOL_LOOKUP_MAX_AGE_MS))
-		forget_lookup(pool);
-	if (pool->lookup == NULL)
+	if (target->lookup != NULL &&
+		TimestampDifferenceExceeds(target->lookup_started, now, DBPOOL_LOOKUP_MAX_AGE_MS))
+		forget_lookup(target);
+	if (target->lookup == NULL)
 	{
 		const char *why;
 
-		pool->lookup = DbpoolLookupStart(pool->params.lookup, pool->params.nhosts, &why);
-		if (pool->lookup == NULL)
+		target->lookup = DbpoolLookupStart(target->params.lookup, target->params.nhosts, &why);
+		if (target->lookup == NULL)
 		{
 			fail_connect_08001(conn, psprintf("Could not look up the host name %s: %s.",
-											  lookup_names(pool), why));
+											  lookup_names(target), why));
 			return false;
 		}
-		pool->lookup_started = now;
-		dlist_push_tail(&lookup_pools, &pool->lookup_node);
+		target->lookup_started = now;
+		dlist_push_tail(&lookup_targets, &target->lookup_node);
 	}
 	conn->resolving = true;
 	return true;
 }
 
-/* Start a connection for pool; NULL if it failed at once (the pool was told). */
-WorkerConn *
-DbpoolConnOpen(WorkerPool *pool)
+/*
+ * Start a connection to target for pool (a probe if probe); NULL if it
+ * failed at once (the pool, or failover.c, was told).  A probe holds a slot
+ * under dbpool.max_connections but is not in the pool's counts.
+ */
+static WorkerConn *
+open_conn(WorkerPool *pool, WorkerTarget *target, bool probe)
 {
 	WorkerConn *conn = MemoryContextAllocZero(DbpoolWorkerContext, sizeof(WorkerConn));
 	TimestampTz now = GetCurrentTimestamp();
 	MemoryContext old;
 
 	conn->pool = pool;
+	conn->target = target;
+	conn->probe = probe;
 	conn->state = CONN_CONNECTING;
 	conn->sock = PGINVALID_SOCKET;
 	conn->wait_pos = -1;
 	conn->created_at = conn->state_since = now;
 	conn->conninfo_gen = pool->conninfo_gen;
 	conn->restart_gen = pool->restart_gen;
-	conn->client_check = !pool->params.client_check_off;
-	DbpoolStatsConnOpened(conn);
+	conn->client_check = !target->params.client_check_off;
+	if (probe)
+	{
+		conn->entry = -1;		/* not in dbpool_connections */
+		pool->probe = conn;
+	}
+	else
+		DbpoolStatsConnOpened(conn);
 	old = MemoryContextSwitchTo(DbpoolWorkerContext);
 	initStringInfo(&conn->error);
 	MemoryContextSwitchTo(old);
 	DbpoolStmtInit(&conn->stmts);
 	dlist_push_tail(&pool->conns, &conn->pool_node);
-	pool->nconns++;
-	pool->nconnecting++;
+	if (!probe)
+	{
+		pool->nconns++;
+		pool->nconnecting++;
+	}
 	DbpoolWorkerTotalConns++;
 
 	if (!AcquireExternalFD())
@@ -217,25 +244,42 @@ DbpoolConnOpen(WorkerPool *pool)
 		return NULL;
 	}
 	conn->has_fd = true;
-	if (pool->params.keywords == NULL)
+	if (target->params.keywords == NULL)
 	{
-		fail_connect_08001(conn, "The pool's conninfo in the configuration table is invalid; fix it with dbpool_alter_pool().");
+		fail_connect_08001(conn, target->backup ?
+						   "The pool's backup_conninfo in the configuration table is invalid; fix it with dbpool_alter_pool()." :
+						   "The pool's conninfo in the configuration table is invalid; fix it with dbpool_alter_pool().");
 		return NULL;
 	}
 	/* the deadline covers the host name lookup too */
-	conn->deadline = TimestampTzPlusMilliseconds(now, pool->params.connect_timeout_ms);
+	conn->deadline = TimestampTzPlusMilliseconds(now, target->params.connect_timeout_ms);
 	DbpoolWorkerDeadline(conn->deadline);
-	if (pool->params.nhosts > 0)
+	if (target->params.nhosts > 0)
 		return await_lookup(conn) ? conn : NULL;
-	return start_libpq(conn, pool->params.keywords, pool->params.values) ? conn : NULL;
+	return start_libpq(conn, target->params.keywords, target->params.values) ? conn : NULL;
 }
 
-/* pool's lookup has ended: start each connection that waited for it, or fail it. */
-static void
-lookup_finished(WorkerPool *pool)
+/* Start a connection for pool, to the target it uses now; NULL if it failed at once (the pool was told). */
+WorkerConn *
+DbpoolConnOpen(WorkerPool *pool)
 {
-	DbpoolLookup *l = pool->lookup;
-	const DbpoolConnParams *p = &pool->params;
+	return open_conn(pool, DbpoolPoolTarget(pool), false);
+}
+
+/* Start a probe of pool's primary (failover.c); NULL if it failed at once (failover.c was told). */
+WorkerConn *
+DbpoolConnOpenProbe(WorkerPool *pool)
+{
+	return open_conn(pool, &pool->primary, true);
+}
+
+/* target's lookup has ended: start each connection that waited for it, or fail it. */
+static void
+lookup_finished(WorkerTarget *target)
+{
+	WorkerPool *pool = target->pool;
+	DbpoolLookup *l = target->lookup;
+	const DbpoolConnParams *p = &target->params;
 	const char **addrs = palloc0(sizeof(char *) * p->nhosts);
 	const char **keywords = NULL;
 	const char **values = NULL;
@@ -244,8 +288,8 @@ lookup_finished(WorkerPool *pool)
 	int			n,
 				i;
 
-	pool->lookup = NULL;
-	dlist_delete(&pool->lookup_node);
+	target->lookup = NULL;
+	dlist_delete(&target->lookup_node);
 	initStringInfo(&errors);
 	for (i = 0; i < p->nhosts; i++)
 	{
@@ -262,7 +306,7 @@ lookup_finished(WorkerPool *pool)
 	{
 		WorkerConn *conn = dlist_container(WorkerConn, pool_node, it.cur);
 
-		if (conn->state != CONN_CONNECTING || !conn->resolving)
+		if (conn->state != CONN_CONNECTING || !conn->resolving || conn->target != target)
 			continue;
 		conn->resolving = false;
 		if (n == 0)
@@ -273,31 +317,31 @@ lookup_finished(WorkerPool *pool)
 	DbpoolLookupForget(l);		/* done: this frees it */
 }
 
-/* Start (or fail) the connections whose pool's host name lookup has ended. */
+/* Start (or fail) the connections whose target's host name lookup has ended. */
 void
 DbpoolConnLookupsPoll(void)
 {
 	dlist_mutable_iter it;
 
-	dlist_foreach_modify(it, &lookup_pools)
+	dlist_foreach_modify(it, &lookup_targets)
 	{
-		WorkerPool *pool = dlist_container(WorkerPool, lookup_node, it.cur);
+		WorkerTarget *target = dlist_container(WorkerTarget, lookup_node, it.cur);
 
-		if (DbpoolLookupDone(pool->lookup))
-			lookup_finished(pool);
+		if (DbpoolLookupDone(target->lookup))
+			lookup_finished(target);
 	}
 }
 
 /*
- * pool's host names change or the pool goes: stop waiting for its lookup.
+ * target's host names change or its pool goes: stop waiting for its lookup.
  * Its resolving connections must be closed too (config.c closes every
- * connecting one when the conninfo changes).
+ * connecting one when a conninfo changes).
  */
 void
-DbpoolConnForgetLookup(WorkerPool *pool)
+DbpoolConnForgetLookup(WorkerTarget *target)
 {
-	if (pool->lookup != NULL)
-		forget_lookup(pool);
+	if (target->lookup != NULL)
+		forget_lookup(target);
 }
 
 /* The socket events this connection waits for now (0: none, leave it out of the set). */
@@ -364,7 +408,7 @@ connect_poll(WorkerConn *conn)
 			 * Not a failure of the target: attempts from now on go without
 			 * the option (others started with it meet the same refusal).
 			 */
-			if (DbpoolConninfoDropClientCheck(&pool->params))
+			if (DbpoolConninfoDropClientCheck(&conn->target->params))
 				ereport(LOG,
 						(errmsg("dbpool: the server of pool \"%s\" refused the startup option client_connection_check_interval; connecting without it",
 								pool->name),
@@ -385,6 +429,19 @@ connect_poll(WorkerConn *conn)
 					 "password is required",
 					 "Non-superuser cannot connect if the server does not request a password.",
 					 "Target server's authentication method must be changed.");
+		return;
+	}
+	if (conn->probe)
+	{
+		/* the primary answers: that is all a probe asks */
+		DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
+		DbpoolFailoverProbed(pool, true, NULL);
+		return;
+	}
+	if (conn->conninfo_gen != pool->conninfo_gen)
+	{
+		/* started before the pool changed target: of no use now */
+		DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);
 		return;
 	}
 	pool->nconnecting--;
@@ -497,11 +554,11 @@ DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
 		case CONN_CONNECTING:
 			if (conn->resolving)
 				fail_connect_08001(conn, psprintf("timeout expired after %d ms while looking up the host name %s",
-												  pool->params.connect_timeout_ms,
-												  lookup_names(pool)));
+												  conn->target->params.connect_timeout_ms,
+												  lookup_names(conn->target)));
 			else
 				fail_connect_08001(conn, psprintf("timeout expired after %d ms",
-												  pool->params.connect_timeout_ms));
+												  conn->target->params.connect_timeout_ms));
 			return;
 		case CONN_ACTIVE:
 			if (conn->ch)
@@ -545,12 +602,15 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 		dlist_delete(&conn->idle_node);
 		pool->nidle--;
 	}
-	if (conn->state == CONN_CONNECTING)
+	if (conn->probe)
+		pool->probe = NULL;
+	else if (conn->state == CONN_CONNECTING)
 		pool->nconnecting--;
 	else if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
 		DbpoolAwaitingCancels--;
 	dlist_delete(&conn->pool_node);
-	pool->nconns--;
+	if (!conn->probe)
+		pool->nconns--;
 	DbpoolWorkerTotalConns--;
 	if (conn->cancel_queued)
 	{

@@ -74,10 +74,11 @@ extern bool DbpoolLoadedAtStartup;
 /* ---------- pool settings (settings.c) ---------- */
 
 /*
- * Every tunable pool setting, except name and conninfo.  To add a setting:
+ * Every tunable pool setting, except name, conninfo and backup_conninfo.  To add a setting:
  * add a field here, a row to DbpoolSettingDescs[] in settings.c, a parameter
- * of dbpool_create_pool (same position), a column of the configuration
- * table and of dbpool_pools in dbpool--*.sql.  Nothing else changes.
+ * of dbpool_create_pool (same position, before backup_conninfo, its last), a
+ * column of the configuration table and of dbpool_pools in dbpool--*.sql.
+ * Nothing else changes.
  */
 typedef struct DbpoolSettings
 {
@@ -95,6 +96,8 @@ typedef struct DbpoolSettings
 	int			down_probe_interval_ms; /* how often a down pool is probed */
 	int			validation_interval_ms; /* idle longer: checked by a round trip before use;
 										 * 0 = never */
+	int			failback_after_ms;	/* on the backup, back to the primary once it has
+									 * answered this long; 0 = not by itself */
 } DbpoolSettings;
 
 typedef enum DbpoolSettingType
@@ -172,7 +175,8 @@ typedef enum DbpoolPoolState
 {
 	DBPOOL_POOL_CONNECTING,		/* no connection has succeeded yet, none failed */
 	DBPOOL_POOL_OK,				/* serving, no connection failure since the last success */
-	DBPOOL_POOL_DEGRADED,		/* connection attempts fail; retrying with backoff */
+	DBPOOL_POOL_DEGRADED,		/* connection attempts fail, retrying with backoff; or
+								 * serving from its backup */
 	DBPOOL_POOL_DOWN,			/* retry_attempts failed in a row and nothing serves:
 								 * requests fail at once, probes retry */
 	DBPOOL_POOL_DROPPING		/* dropped; in-flight queries finishing */
@@ -192,6 +196,8 @@ typedef struct DbpoolPoolSlot
 	TimestampTz created_at;
 	DbpoolSettings settings;	/* its texts as shown: canonical UTF-8 (text.c) */
 	char		conninfo[DBPOOL_CONNINFO_LEN];	/* password redacted; canonical UTF-8 */
+	char		backup_conninfo[DBPOOL_CONNINFO_LEN];	/* the same; "" = none */
+	bool		on_backup;		/* serving from the backup (a single store by the worker) */
 	pg_atomic_uint32 ops_pending;	/* manual operations asked for (ops.c) */
 
 } DbpoolPoolSlot;

@@ -118,6 +118,12 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 	appendStringInfoChar(buf, '{');
 	key(buf, "conninfo");
 	escape_json(buf, DbpoolTextShow(p->conninfo));
+	appendStringInfoChar(buf, ',');
+	key(buf, "backup_conninfo");
+	if (p->backup_conninfo[0])
+		escape_json(buf, DbpoolTextShow(p->backup_conninfo));
+	else
+		appendStringInfoString(buf, "null");
 	for (i = 0; i < DbpoolNumSettings; i++)
 	{
 		const DbpoolSettingDesc *d = &DbpoolSettingDescs[i];
@@ -199,7 +205,8 @@ json_pool(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, int nentr
 	appendStringInfoChar(buf, '{');
 	key(buf, "pool");
 	escape_json(buf, f->name);
-	appendStringInfo(buf, ",\"state\":\"%s\",\"stats_reset\":", DbpoolPoolStateName(f->state));
+	appendStringInfo(buf, ",\"state\":\"%s\",\"target\":\"%s\",\"stats_reset\":",
+					 DbpoolPoolStateName(f->state), p->on_backup ? "backup" : "primary");
 	json_time(buf, f->stats_reset);
 	appendStringInfoString(buf, ",\"settings\":");
 	json_settings(buf, p);

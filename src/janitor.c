@@ -5,7 +5,8 @@
  *		deadline, each connection's idle and lifetime limits and its own
  *		deadline, the drop grace of a dropped pool and freeing it, and the
  *		connection attempts no request waits for: retries after the backoff,
- *		min_size, and the probes of down and degraded pools.  Health probes, alert
+ *		min_size, the probes of down and degraded pools, and a failed-over
+ *		pool's probes of its primary (failover.c).  Health probes, alert
  *		evaluation and autoscaling hang their ticks here.
  *
  * Every deadline a phase sees in the future is registered with
@@ -108,6 +109,9 @@ check_connections(WorkerPool *pool, TimestampTz now)
 
 		if (conn->state == CONN_IDLE)
 			check_idle(conn, now);
+		else if (conn->state == CONN_CONNECTING && !conn->probe &&
+				 conn->conninfo_gen != pool->conninfo_gen)
+			DbpoolConnClose(conn, DBPOOL_CLOSE_UNCOUNTED);	/* to the target left */
 		else if (conn->ch && conn->restart_gen != pool->restart_gen &&
 				 now >= pool->restart_deadline)
 			end_after_grace(conn, "restarted", "after dbpool_restart_pool()");
@@ -129,11 +133,16 @@ free_pool(WorkerPool *pool)
 	LWLockRelease(DbpoolShmem->lock);
 	DbpoolRegistryChanged();
 	dlist_delete(&pool->node);
-	DbpoolConnForgetLookup(pool);
-	if (pool->conninfo)
-		pfree(pool->conninfo);
-	if (pool->params.cxt)
-		MemoryContextDelete(pool->params.cxt);
+	DbpoolConnForgetLookup(&pool->primary);
+	DbpoolConnForgetLookup(&pool->backup);
+	if (pool->primary.conninfo)
+		pfree(pool->primary.conninfo);
+	if (pool->primary.params.cxt)
+		MemoryContextDelete(pool->primary.params.cxt);
+	if (pool->backup.conninfo)
+		pfree(pool->backup.conninfo);
+	if (pool->backup.params.cxt)
+		MemoryContextDelete(pool->backup.params.cxt);
 	pfree(pool);
 }
 
@@ -177,6 +186,7 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 		return;
 	}
 	reconnect(pool);
+	DbpoolFailoverTick(pool, now);
 	DbpoolPoolPublish(pool);
 }
 

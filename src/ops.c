@@ -104,6 +104,7 @@ restart_pool(WorkerPool *pool)
 	dlist_mutable_iter it;
 	int			busy = 0;
 
+	DbpoolPoolUsePrimary(pool);	/* a pool on its backup starts over on its primary */
 	pool->conninfo_gen++;
 	pool->restart_gen++;
 	pool->restart_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),

@@ -60,7 +60,7 @@ DbpoolPoolPublish(WorkerPool *pool)
 		state = DBPOOL_POOL_DROPPING;
 	else if (pool->down)
 		state = DBPOOL_POOL_DOWN;
-	else if (pool->failures > 0)
+	else if (pool->failures > 0 || pool->on_backup)
 		state = DBPOOL_POOL_DEGRADED;
 	else if (pool->ever_connected)
 		state = DBPOOL_POOL_OK;
@@ -71,6 +71,7 @@ DbpoolPoolPublish(WorkerPool *pool)
 		slot->state = state;
 		DbpoolRegistryChanged();	/* lookups skip DROPPING slots */
 	}
+	slot->on_backup = pool->on_backup;	/* a single store, read without the lock too */
 	DbpoolStatsGauges(pool);
 }
 
@@ -351,7 +352,8 @@ DbpoolPoolConnected(WorkerPool *pool)
  * 100 %).  After retry_attempts failures in a row with no live connection the
  * pool is down: every waiter gets this failure now, later requests get it at
  * once, and a probe tries every down_probe_interval_ms.  Until then waiters
- * wait for the retries (within their acquire timeout).
+ * wait for the retries (within their acquire timeout).  A pool on its
+ * primary that has a backup moves to it instead of going down (failover.c).
  */
 void
 DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *message,
@@ -375,6 +377,13 @@ DbpoolPoolConnFailed(WorkerPool *pool, int sqlerrcode, const char *message,
 	keep_text(&pool->last_detail, detail);
 	keep_text(&pool->last_hint, hint);
 
+	if (live == 0 && pool->failures >= pool->settings.retry_attempts &&
+		DbpoolFailoverNeeded(pool))
+	{
+		/* the primary is down and there is a backup: waiters wait on for it */
+		DbpoolFailoverToBackup(pool);
+		return;
+	}
 	if (!pool->down && live == 0 && pool->failures >= pool->settings.retry_attempts)
 	{
 		pool->down = true;

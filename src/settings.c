@@ -27,6 +27,7 @@ const DbpoolSettingDesc DbpoolSettingDescs[] = {
 	INT_SETTING(retry_attempts, 3, 1),
 	INT_SETTING(down_probe_interval_ms, 500, 10),
 	INT_SETTING(validation_interval_ms, 30000, 0),
+	INT_SETTING(failback_after_ms, 30000, 0),
 };
 const int	DbpoolNumSettings = lengthof(DbpoolSettingDescs);
 

@@ -27,7 +27,7 @@ PG_FUNCTION_INFO_V1(dbpool_slow_queries);
 PG_FUNCTION_INFO_V1(dbpool_reset_stats);
 
 /* The columns of each function's rows, as dbpool--1.0.sql declares them. */
-#define DBPOOL_POOLS_FIXED_COLS		5	/* and one per setting */
+#define DBPOOL_POOLS_FIXED_COLS		7	/* and one per setting */
 #define DBPOOL_METRICS_COLS			23
 #define DBPOOL_CONNECTIONS_COLS		11
 #define DBPOOL_SLOW_QUERIES_COLS	8
@@ -128,6 +128,9 @@ dbpool_pools(PG_FUNCTION_ARGS)
 
 		values[c++] = CStringGetTextDatum(p->name);
 		values[c++] = CStringGetTextDatum(DbpoolTextShow(p->conninfo));
+		values[c] = text_or_null(p->backup_conninfo[0] ? DbpoolTextShow(p->backup_conninfo) : NULL,
+								 &nulls[c]);
+		c++;
 		for (j = 0; j < DbpoolNumSettings; j++)
 		{
 			const DbpoolSettingDesc *d = &DbpoolSettingDescs[j];
@@ -150,6 +153,7 @@ dbpool_pools(PG_FUNCTION_ARGS)
 			nulls[c] = true;
 		c++;
 		values[c++] = CStringGetTextDatum(DbpoolPoolStateName(p->state));
+		values[c++] = CStringGetTextDatum(p->on_backup ? "backup" : "primary");
 		values[c++] = TimestampTzGetDatum(p->created_at);
 		put_row(rsinfo, values, nulls, c);
 	}

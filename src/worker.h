@@ -22,6 +22,22 @@ typedef struct WorkerPool WorkerPool;
 typedef struct DbpoolCancel DbpoolCancel;
 typedef struct DbpoolLookup DbpoolLookup;
 
+/*
+ * One target of a pool: its conninfo (the primary) or its backup_conninfo,
+ * the libpq parameters built from it, and the host name lookup its
+ * connections wait for (conn.c).
+ */
+typedef struct WorkerTarget
+{
+	WorkerPool *pool;
+	bool		backup;			/* the backup_conninfo, not the conninfo */
+	char	   *conninfo;		/* with password: worker memory only; NULL = none */
+	DbpoolConnParams params;	/* built from conninfo (conninfo.c) */
+	DbpoolLookup *lookup;		/* NULL if none in flight */
+	TimestampTz lookup_started;
+	dlist_node	lookup_node;	/* in conn.c's list of targets with a lookup */
+} WorkerTarget;
+
 /* One SQL text in a connection's prepared-statement cache (stmtcache.c). */
 typedef struct StmtEntry
 {
@@ -138,6 +154,9 @@ struct WorkerConn
 	dlist_node	idle_node;		/* in pool->idle while on_idle_list */
 	bool		on_idle_list;	/* IDLE and waiting in pool->idle (not just connected) */
 	WorkerPool *pool;
+	WorkerTarget *target;		/* &pool->primary or &pool->backup */
+	bool		probe;			/* a probe of the primary while on the backup (failover.c):
+								 * closed once connected, never serves, not in the gauges */
 	PGconn	   *pg;
 	ConnState	state;
 	pgsocket	sock;
@@ -204,9 +223,10 @@ struct WorkerPool
 	uint64		pool_id;
 	char		name[DBPOOL_NAME_LEN];
 	DbpoolSettings settings;
-	char	   *conninfo;		/* with password: worker memory only */
-	uint32		conninfo_gen;
-	DbpoolConnParams params;	/* built from conninfo (conninfo.c) */
+	WorkerTarget primary;		/* conninfo */
+	WorkerTarget backup;		/* backup_conninfo; its conninfo NULL if none */
+	uint32		conninfo_gen;	/* bumped when connections must be replaced (a change of
+								 * conninfo, failover, failback, restart) */
 	bool		owner_is_superuser;
 	bool		stmt_cache_allowed;	/* its reset_query keeps prepared statements */
 	bool		dropping;
@@ -239,13 +259,19 @@ struct WorkerPool
 	char	   *last_hint;
 	TimestampTz last_failure_log;	/* connect failures log at most once a minute */
 
-	/* the host name lookup its resolving connections wait for (conn.c) */
-	DbpoolLookup *lookup;		/* NULL if none in flight */
-	TimestampTz lookup_started;
-	dlist_node	lookup_node;	/* in conn.c's list of pools with a lookup */
-
 	bool		cancel_skip_logged; /* a skipped cancel was logged (once per pool) */
 	bool		cancel_abandon_logged;	/* ... an abandoned one */
+
+	/*
+	 * Failover (failover.c): on_backup while the backup target serves; a
+	 * probe of the primary every down_probe_interval_ms meanwhile, and
+	 * primary_up_since, the first of the probes in a row that connected (0:
+	 * the last one failed, or none yet).
+	 */
+	bool		on_backup;
+	WorkerConn *probe;			/* the probe in flight, NULL if none */
+	TimestampTz next_probe_at;
+	TimestampTz primary_up_since;
 };
 
 /* worker.c */
@@ -302,6 +328,14 @@ extern void DbpoolPoolServeAll(void);
 extern void DbpoolPoolPublish(WorkerPool *pool);
 extern void DbpoolPoolCloseAll(void);
 
+/* failover.c */
+extern WorkerTarget *DbpoolPoolTarget(WorkerPool *pool);
+extern bool DbpoolFailoverNeeded(WorkerPool *pool);
+extern void DbpoolFailoverToBackup(WorkerPool *pool);
+extern void DbpoolPoolUsePrimary(WorkerPool *pool);
+extern void DbpoolFailoverProbed(WorkerPool *pool, bool ok, const char *error);
+extern void DbpoolFailoverTick(WorkerPool *pool, TimestampTz now);
+
 /* ops.c */
 extern void DbpoolOpsApply(void);
 
@@ -310,6 +344,7 @@ extern void DbpoolJanitorTick(TimestampTz now);
 
 /* conn.c: a connection's life */
 extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
+extern WorkerConn *DbpoolConnOpenProbe(WorkerPool *pool);
 extern void DbpoolConnSetState(WorkerConn *conn, ConnState state);
 extern char *DbpoolConnErrorText(WorkerConn *conn);
 extern bool DbpoolConnFlushSent(WorkerConn *conn, int ok);
@@ -320,7 +355,7 @@ extern void DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason);
 extern void DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now);
 extern uint32 DbpoolConnWantedEvents(WorkerConn *conn);
 extern void DbpoolConnLookupsPoll(void);
-extern void DbpoolConnForgetLookup(WorkerPool *pool);
+extern void DbpoolConnForgetLookup(WorkerTarget *target);
 
 /* conn_query.c: one request on a connection */
 extern void DbpoolConnStart(WorkerConn *conn, WorkerChannel *ch);
