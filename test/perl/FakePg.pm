@@ -31,15 +31,24 @@
 # "startup", "cancel", "query <text>", "parse <text>", appended as they happen; count()
 # reads it).  To add a behaviour, add an option and test it where a message is handled
 # (handle_startup, handle_query, handle_sync).
+#
+# For a test whose fake server speaks its own dialect, the plain functions below do the rest:
+#   use FakePg qw(fork_sessions read_exact msg);
+#   my $pid = fork_sessions($port, \&my_session);   # my_session($socket) per connection
+#   ... kill 'TERM', $pid; waitpid($pid, 0);
+# read_exact($socket, $n) reads n bytes (undef at EOF), msg($type, $body) builds a message.
 
 package FakePg;
 
 use strict;
 use warnings FATAL => 'all';
 
+use Exporter 'import';
 use IO::Select;
 use IO::Socket::INET;
 use POSIX ();
+
+our @EXPORT_OK = qw(fork_sessions read_exact msg);
 
 # Start the server in a child process; returns the handle for count() and stop().
 sub start
@@ -325,6 +334,57 @@ sub handle_sync
 	}
 	send_all($c, $out . msg('Z', 'I'));
 	return;
+}
+
+# Listen on 127.0.0.1:port in a child process that forks one child per connection to run
+# session($socket).  Every process exits after seconds (default 120) whatever happens, with
+# POSIX::_exit: a plain exit would run the test's END blocks.  Returns the listener's pid.
+sub fork_sessions
+{
+	my ($port, $session, $seconds) = @_;
+	$seconds //= 120;
+	my $listen = IO::Socket::INET->new(
+		LocalAddr => '127.0.0.1',
+		LocalPort => $port,
+		Proto => 'tcp',
+		Listen => 16,
+		ReuseAddr => 1) or die "fake server: cannot listen on $port: $!";
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid)
+	{
+		close $listen;
+		return $pid;
+	}
+	alarm($seconds);
+	while (my $c = $listen->accept)
+	{
+		my $child = fork();
+		next if !defined $child;
+		if ($child)
+		{
+			close $c;
+			next;
+		}
+		alarm($seconds);
+		close $listen;
+		$session->($c);
+		POSIX::_exit(0);
+	}
+	POSIX::_exit(0);
+}
+
+# Read exactly n bytes from a blocking socket; undef at EOF or error.
+sub read_exact
+{
+	my ($c, $n) = @_;
+	my $buf = '';
+	while (length($buf) < $n)
+	{
+		my $got = sysread($c, $buf, $n - length($buf), length($buf));
+		return undef if !$got;
+	}
+	return $buf;
 }
 
 1;

@@ -20,8 +20,7 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use DbpoolTest;
-use IO::Socket::INET;
-use POSIX ();
+use FakePg qw(fork_sessions read_exact msg);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -79,61 +78,7 @@ query_ok($l, q{SELECT total_connections FROM dbpool_metrics WHERE pool = 'enc'},
 #   'badstate' an ErrorResponse whose SQLSTATE is not five characters of [0-9A-Z]
 #   'desync'   a ReadyForQuery with a broken length (libpq loses synchronization)
 #   else       an empty command completion
-# One child per connection; every process of it exits after 120 s whatever happens.  The
-# children leave with POSIX::_exit: a plain exit would run the test's END blocks (which stop
-# the nodes).
-sub start_fake_server
-{
-	my ($port) = @_;
-	my $listen = IO::Socket::INET->new(
-		LocalAddr => '127.0.0.1',
-		LocalPort => $port,
-		Proto => 'tcp',
-		Listen => 16,
-		ReuseAddr => 1) or die "fake server: cannot listen on $port: $!";
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid)
-	{
-		close $listen;
-		return $pid;
-	}
-	alarm(120);
-	while (my $c = $listen->accept)
-	{
-		my $child = fork();
-		next if !defined $child;
-		if ($child)
-		{
-			close $c;
-			next;
-		}
-		alarm(120);
-		close $listen;
-		fake_session($c);
-		POSIX::_exit(0);
-	}
-	POSIX::_exit(0);
-}
-
-sub read_n
-{
-	my ($c, $n) = @_;
-	my $buf = '';
-	while (length($buf) < $n)
-	{
-		my $got = sysread($c, $buf, $n - length($buf), length($buf));
-		return undef if !$got;
-	}
-	return $buf;
-}
-
-sub msg
-{
-	my ($type, $body) = @_;
-	return $type . pack('N', 4 + length($body)) . $body;
-}
-
+# It runs under FakePg's fork_sessions (a child per connection, all gone within 120 s).
 sub fake_session
 {
 	my ($c) = @_;
@@ -141,14 +86,14 @@ sub fake_session
 	# SSLRequest / GSSENCRequest until the startup packet
 	while (1)
 	{
-		my $hdr = read_n($c, 8) // return;
+		my $hdr = read_exact($c, 8) // return;
 		my ($len, $code) = unpack('NN', $hdr);
 		if ($code == 80877103 || $code == 80877104)
 		{
 			syswrite($c, 'N');
 			next;
 		}
-		read_n($c, $len - 8) // return;
+		read_exact($c, $len - 8) // return;
 		last;
 	}
 	my $out = msg('R', pack('N', 0));
@@ -161,9 +106,9 @@ sub fake_session
 	syswrite($c, $out);
 	while (1)
 	{
-		my $type = read_n($c, 1) // return;
-		my $len = unpack('N', read_n($c, 4) // return);
-		my $body = $len > 4 ? (read_n($c, $len - 4) // return) : '';
+		my $type = read_exact($c, 1) // return;
+		my $len = unpack('N', read_exact($c, 4) // return);
+		my $body = $len > 4 ? (read_exact($c, $len - 4) // return) : '';
 		return if $type eq 'X';
 		next if $type ne 'Q';
 		if ($body =~ /nostate/)
@@ -188,7 +133,7 @@ sub fake_session
 	}
 }
 
-my $fake_pid = start_fake_server($fake_port);
+my $fake_pid = fork_sessions($fake_port, \&fake_session);
 create_pool('fake', "host=127.0.0.1 port=$fake_port dbname=postgres user=fake",
 	'min_size => 0, max_size => 2');
 query_ok($l, q{SELECT dbpool_exec('fake', 'SELECT 1')}, '', 'the fake server answers');

@@ -27,8 +27,7 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use DbpoolTest;
-use IO::Socket::INET;
-use POSIX ();
+use FakePg qw(fork_sessions read_exact msg);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -227,27 +226,8 @@ serves('one', 'one serves after the crash restarts');
 
 # A fake server on 127.0.0.1: a startup packet that names client_connection_check_interval
 # gets the FATAL a server before 14 sends; any other gets trust authentication, and each
-# simple Query is answered with one text row: the options of its startup packet.  One child
-# per connection; every process exits after 120 s whatever happens, with POSIX::_exit (a
-# plain exit would run the test's END blocks).
-sub read_n
-{
-	my ($c, $n) = @_;
-	my $buf = '';
-	while (length($buf) < $n)
-	{
-		my $got = sysread($c, $buf, $n - length($buf), length($buf));
-		return undef if !$got;
-	}
-	return $buf;
-}
-
-sub msg
-{
-	my ($type, $body) = @_;
-	return $type . pack('N', 4 + length($body)) . $body;
-}
-
+# simple Query is answered with one text row: the options of its startup packet.  It runs
+# under FakePg's fork_sessions (a child per connection, all gone within 120 s).
 sub fake_session
 {
 	my ($c) = @_;
@@ -255,14 +235,14 @@ sub fake_session
 	my $params;
 	while (1)    # SSLRequest / GSSENCRequest until the startup packet
 	{
-		my $hdr = read_n($c, 8) // return;
+		my $hdr = read_exact($c, 8) // return;
 		my ($len, $code) = unpack('NN', $hdr);
 		if ($code == 80877103 || $code == 80877104)
 		{
 			syswrite($c, 'N');
 			next;
 		}
-		$params = read_n($c, $len - 8) // return;
+		$params = read_exact($c, $len - 8) // return;
 		last;
 	}
 	my %p = split /\0/, $params;
@@ -286,9 +266,9 @@ sub fake_session
 	syswrite($c, $out);
 	while (1)
 	{
-		my $type = read_n($c, 1) // return;
-		my $len = unpack('N', read_n($c, 4) // return);
-		my $body = $len > 4 ? (read_n($c, $len - 4) // return) : '';
+		my $type = read_exact($c, 1) // return;
+		my $len = unpack('N', read_exact($c, 4) // return);
+		my $body = $len > 4 ? (read_exact($c, $len - 4) // return) : '';
 		return if $type eq 'X';
 		next if $type ne 'Q';
 		syswrite($c,
@@ -299,41 +279,8 @@ sub fake_session
 	}
 }
 
-sub start_fake_server
-{
-	my ($port) = @_;
-	my $listen = IO::Socket::INET->new(
-		LocalAddr => '127.0.0.1',
-		LocalPort => $port,
-		Proto => 'tcp',
-		Listen => 16,
-		ReuseAddr => 1) or die "fake server: cannot listen on $port: $!";
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid)
-	{
-		close $listen;
-		return $pid;
-	}
-	alarm(120);
-	while (my $c = $listen->accept)
-	{
-		my $child = fork();
-		next if !defined $child;
-		if ($child)
-		{
-			close $c;
-			next;
-		}
-		alarm(120);
-		close $listen;
-		fake_session($c);
-		POSIX::_exit(0);
-	}
-	POSIX::_exit(0);
-}
 
-my $fake_pid = start_fake_server($fake_port);
+my $fake_pid = fork_sessions($fake_port, \&fake_session);
 create_pool('old',
 	"host=127.0.0.1 port=$fake_port dbname=postgres user=fake sslmode=disable gssencmode=disable options='-c search_path=s1'",
 	'min_size => 3, max_size => 3');
