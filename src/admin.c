@@ -325,6 +325,11 @@ write_pool(const char *name, const char *conninfo, const char *backup, const Dbp
 			types[a] = INT4OID;
 			values[a] = Int32GetDatum(*DbpoolSettingInt((DbpoolSettings *) s, d));
 		}
+		else if (d->type == DBPOOL_SETTING_REAL)
+		{
+			types[a] = FLOAT8OID;
+			values[a] = Float8GetDatum(*DbpoolSettingReal((DbpoolSettings *) s, d));
+		}
 		else
 		{
 			const char *v = DbpoolSettingText((DbpoolSettings *) s, d);
@@ -385,6 +390,8 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("%s must not be null", d->name)));
+		else if (d->type == DBPOOL_SETTING_REAL)
+			*DbpoolSettingReal(&s, d) = PG_GETARG_FLOAT8(2 + i);
 		else
 			*DbpoolSettingInt(&s, d) = PG_GETARG_INT32(2 + i);
 	}
@@ -496,6 +503,8 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 			continue;
 		if (d->type == DBPOOL_SETTING_INT)
 			*DbpoolSettingInt(&s, d) = pg_strtoint32(v);
+		else if (d->type == DBPOOL_SETTING_REAL)
+			*DbpoolSettingReal(&s, d) = DbpoolSettingRealValue(d->name, v);
 		else
 			set_text_setting(&s, d, v);
 	}
@@ -541,6 +550,15 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 			known = true;
 			if (d->type == DBPOOL_SETTING_INT)
 				*DbpoolSettingInt(&s, d) = int_value(key, type, text);
+			else if (d->type == DBPOOL_SETTING_REAL)
+			{
+				if (strcmp(type, "number") != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("invalid value for %s: %s", key, text ? text : "null"),
+							 errdetail("%s takes a number.", key)));
+				*DbpoolSettingReal(&s, d) = DbpoolSettingRealValue(key, text);
+			}
 			else if (strcmp(type, "null") == 0)
 				set_text_setting(&s, d, "");
 			else if (strcmp(type, "string") == 0)

@@ -98,12 +98,21 @@ typedef struct DbpoolSettings
 										 * 0 = never */
 	int			failback_after_ms;	/* on the backup, back to the primary once it has
 									 * answered this long; 0 = not by itself */
+	char		health_query[DBPOOL_TEXT_SETTING_LEN];	/* run by health checks; never "" */
+	int			health_timeout_ms;	/* a health check's deadline */
+	int			health_check_interval_ms;	/* background probes; 0 = none */
+	int			health_max_latency_ms;	/* deep check: the health query's latency below */
+	double		health_max_utilization; /* deep check: utilization below */
+	double		health_max_error_rate;	/* deep check: 60 s error rate below */
+	int			leak_threshold_ms;	/* busy with one request longer: a suspected leak;
+									 * 0 = no detection */
 } DbpoolSettings;
 
 typedef enum DbpoolSettingType
 {
-	DBPOOL_SETTING_INT,
-	DBPOOL_SETTING_TEXT
+	DBPOOL_SETTING_INT,			/* SQL int */
+	DBPOOL_SETTING_TEXT,		/* SQL text; "" = NULL = none, unless it has a default */
+	DBPOOL_SETTING_REAL			/* SQL float8, finite, within [min_real, max_real] */
 } DbpoolSettingType;
 
 typedef struct DbpoolSettingDesc
@@ -113,6 +122,10 @@ typedef struct DbpoolSettingDesc
 	size_t		offset;			/* within DbpoolSettings */
 	int			default_int;
 	int			min_int;
+	double		default_real;
+	double		min_real;
+	double		max_real;
+	const char *default_text;	/* NULL: none (the setting may be NULL) */
 } DbpoolSettingDesc;
 
 extern const DbpoolSettingDesc DbpoolSettingDescs[];
@@ -121,6 +134,8 @@ extern const int DbpoolNumSettings;
 extern void DbpoolSettingsDefaults(DbpoolSettings *s);
 extern int *DbpoolSettingInt(DbpoolSettings *s, const DbpoolSettingDesc *d);
 extern char *DbpoolSettingText(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern double *DbpoolSettingReal(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern double DbpoolSettingRealValue(const char *name, const char *text);
 extern void DbpoolValidateSettings(const DbpoolSettings *s);
 extern void DbpoolValidateName(const char *name);
 
