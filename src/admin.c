@@ -330,6 +330,11 @@ write_pool(const char *name, const char *conninfo, const char *backup, const Dbp
 			types[a] = FLOAT8OID;
 			values[a] = Float8GetDatum(*DbpoolSettingReal((DbpoolSettings *) s, d));
 		}
+		else if (d->type == DBPOOL_SETTING_BOOL)
+		{
+			types[a] = BOOLOID;
+			values[a] = BoolGetDatum(*DbpoolSettingBool((DbpoolSettings *) s, d));
+		}
 		else
 		{
 			const char *v = DbpoolSettingText((DbpoolSettings *) s, d);
@@ -392,6 +397,8 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 					 errmsg("%s must not be null", d->name)));
 		else if (d->type == DBPOOL_SETTING_REAL)
 			*DbpoolSettingReal(&s, d) = PG_GETARG_FLOAT8(2 + i);
+		else if (d->type == DBPOOL_SETTING_BOOL)
+			*DbpoolSettingBool(&s, d) = PG_GETARG_BOOL(2 + i);
 		else
 			*DbpoolSettingInt(&s, d) = PG_GETARG_INT32(2 + i);
 	}
@@ -505,6 +512,8 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 			*DbpoolSettingInt(&s, d) = pg_strtoint32(v);
 		else if (d->type == DBPOOL_SETTING_REAL)
 			*DbpoolSettingReal(&s, d) = DbpoolSettingRealValue(d->name, v);
+		else if (d->type == DBPOOL_SETTING_BOOL)
+			*DbpoolSettingBool(&s, d) = (strcmp(v, "t") == 0);
 		else
 			set_text_setting(&s, d, v);
 	}
@@ -558,6 +567,15 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 							 errmsg("invalid value for %s: %s", key, text ? text : "null"),
 							 errdetail("%s takes a number.", key)));
 				*DbpoolSettingReal(&s, d) = DbpoolSettingRealValue(key, text);
+			}
+			else if (d->type == DBPOOL_SETTING_BOOL)
+			{
+				if (strcmp(type, "boolean") != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("invalid value for %s: %s", key, text ? text : "null"),
+							 errdetail("%s takes true or false.", key)));
+				*DbpoolSettingBool(&s, d) = (strcmp(text, "true") == 0);
 			}
 			else if (strcmp(type, "null") == 0)
 				set_text_setting(&s, d, "");
