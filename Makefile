@@ -32,7 +32,8 @@ OBJS = \
 	src/slowlog.o \
 	src/figures.o \
 	src/views.o \
-	src/detail.o
+	src/detail.o \
+	src/tune.o
 
 EXTENSION = dbpool
 DATA = dbpool--1.0.sql

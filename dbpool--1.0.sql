@@ -264,3 +264,10 @@ CREATE FUNCTION dbpool_reset_stats(pool text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_reset_stats'
 LANGUAGE C VOLATILE;
+
+-- The operations guide's timeout rule on the pool's measured latency; writes it only with
+-- apply (owner or superuser, checked by dbpool_alter_pool).
+CREATE FUNCTION dbpool_tune_timeouts(pool text, apply boolean DEFAULT false)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'dbpool_tune_timeouts'
+LANGUAGE C VOLATILE;
