@@ -135,9 +135,9 @@ hide_end(ErrorContextCallback *cb)
 	error_context_stack = cb->previous;
 }
 
-/* A text argument that must not be NULL. */
-static char *
-text_arg(FunctionCallInfo fcinfo, int n, const char *what)
+/* Argument n of an SQL function, as text; 22004 naming it (what) if it is NULL. */
+char *
+DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what)
 {
 	if (PG_ARGISNULL(n))
 		ereport(ERROR,
@@ -378,8 +378,8 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
-	conninfo = text_arg(fcinfo, 1, "conninfo");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
+	conninfo = DbpoolTextArg(fcinfo, 1, "conninfo");
 	DbpoolValidateName(name);
 	DbpoolSettingsDefaults(&s);
 	for (i = 0; i < DbpoolNumSettings; i++)
@@ -469,7 +469,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -623,7 +623,7 @@ dbpool_drop_pool(PG_FUNCTION_ARGS)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	spi_begin(&spi);
 	check_owner(name, lock_pool(name), spi.saved_user);
 	values[0] = CStringGetTextDatum(name);
@@ -646,7 +646,7 @@ change_usage(FunctionCallInfo fcinfo, bool grant)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -27,6 +27,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
@@ -289,6 +290,7 @@ extern DbpoolPoolSlot *DbpoolRegistryCopy(int *n);
 extern void DbpoolCheckLoaded(void);
 extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
+extern char *DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what);
 
 /* ---------- a backend's handshakes with the worker (sync.c) ---------- */
 

@@ -95,15 +95,11 @@ dbpool_tune_timeouts(PG_FUNCTION_ARGS)
 	StringInfoData buf;
 
 	DbpoolCheckLoaded();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("pool name must not be null")));
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("apply must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	apply = PG_GETARG_BOOL(1);
 	DbpoolWaitForCommittedConfig();
 	slots = DbpoolRegistryCopy(&nslots);
