@@ -154,6 +154,10 @@ SELECT dbpool_reset_stats();
 SELECT dbpool_reset_stats(NULL);
 SELECT sum(queries_total) FROM dbpool_metrics;
 
+-- health checks: bad input
+SELECT err($$SELECT dbpool_health('no_such_pool')$$);
+SELECT err($$SELECT dbpool_health(NULL::text)$$);
+
 SELECT dbpool_revoke_usage('m', 'regress_stat_user');
 DROP ROLE regress_stat_user, regress_stat_reader, regress_stat_other;
 SELECT dbpool_drop_pool('m');

@@ -214,6 +214,7 @@ typedef struct DbpoolPoolSlot
 	char		backup_conninfo[DBPOOL_CONNINFO_LEN];	/* the same; "" = none */
 	bool		on_backup;		/* serving from the backup (a single store by the worker) */
 	pg_atomic_uint32 ops_pending;	/* manual operations asked for (ops.c) */
+	pg_atomic_uint64 health_requested;	/* health checks asked for (health.c) */
 
 } DbpoolPoolSlot;
 
@@ -253,6 +254,7 @@ typedef struct DbpoolShared
 	pg_atomic_uint64 reset_applied;	/* the last request the worker has applied */
 	pg_atomic_uint64 ops_requested;	/* bumped by dbpool_restart_pool/cleanup_pool */
 	pg_atomic_uint64 ops_applied;	/* the last request the worker has applied */
+	pg_atomic_uint64 health_doorbell;	/* bumped after health_requested (health.c) */
 	uint64		next_pool_id;	/* worker only */
 	uint64		next_conn_id;	/* worker only */
 	int			nchannels;
