@@ -10,13 +10,14 @@
  *	  and shmem.c;
  *	- client backends: query.c and channel.c (a query's backend half),
  *	  sync.c (waits on the worker), admin.c (administration), figures.c
- *	  (derived figures), views.c and detail.c (their SQL renderers);
+ *	  (derived figures), views.c and detail.c (their SQL renderers),
+ *	  health_sql.c (dbpool_health);
  *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
  *	  config.c (reading the configuration, reconciling), standby.c (noticing
  *	  replicated changes on a hot standby), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
  *	  (whose threads run libpq only), resolve.c (whose threads run
- *	  getaddrinfo only), janitor.c, and the writing halves of
+ *	  getaddrinfo only), janitor.c, health.c (health checks), and the writing halves of
  *	  stats.c and slowlog.c;
  *	- both: settings.c, conninfo.c, proto.c, text.c, and the reading halves of
  *	  stats.c and slowlog.c.
