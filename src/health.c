@@ -119,8 +119,8 @@ record(WorkerPool *pool, bool ok, int64 latency_us, const char *message, const c
 
 /*
  * Answer the check in flight with the latest background probe's result (ok,
- * latency, error): the pool is saturated.  Never probed: ok, since its
- * connections are all serving.
+ * latency, error): the pool is saturated.  Never probed: ok if a connection
+ * is up (they are all serving), else failed (all are still connecting).
  */
 static void
 record_saturated(WorkerPool *pool)
@@ -133,6 +133,14 @@ record_saturated(WorkerPool *pool)
 		r.ok = pool->last_probe.ok;
 		r.latency_us = pool->last_probe.latency_us;
 		memcpy(r.error, pool->last_probe.error, sizeof(r.error));
+	}
+	else if (pool->nconns - pool->nconnecting == 0)
+	{
+		char	   *text = psprintf("no connection of pool \"%s\" is up yet: all %d are connecting",
+									pool->name, pool->nconns);
+
+		r.ok = false;
+		DbpoolTextStore(r.error, sizeof(r.error), text, strlen(text));
 	}
 	r.saturated = true;
 	publish(pool, &r);
