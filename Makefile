@@ -20,6 +20,7 @@ OBJS = \
 	src/channel_worker.o \
 	src/pool.o \
 	src/janitor.o \
+	src/health.o \
 	src/failover.o \
 	src/conn.o \
 	src/conn_query.o \
@@ -33,7 +34,8 @@ OBJS = \
 	src/figures.o \
 	src/views.o \
 	src/detail.o \
-	src/tune.o
+	src/tune.o \
+	src/health_sql.o
 
 EXTENSION = dbpool
 DATA = dbpool--1.0.sql

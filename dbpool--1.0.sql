@@ -194,7 +194,11 @@ CREATE FUNCTION dbpool_metrics(
     OUT stats_reset timestamptz,
     OUT connecting_connections int,
     OUT oldest_wait_ms float8,
-    OUT cancels_total bigint)
+    OUT cancels_total bigint,
+    OUT last_health_check_at timestamptz,
+    OUT last_health_check_ok bool,
+    OUT last_health_check_latency_ms float8,
+    OUT last_health_check_error text)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'dbpool_metrics'
 LANGUAGE C VOLATILE;
@@ -246,6 +250,17 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION dbpool_detailed_metrics(pool text DEFAULT NULL)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'dbpool_detailed_metrics'
+LANGUAGE C VOLATILE;
+
+-- Health checks: every pool at once, or the deep check of one (anyone; texts as in the views).
+CREATE FUNCTION dbpool_health()
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'dbpool_health'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION dbpool_health(pool text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'dbpool_health_pool'
 LANGUAGE C VOLATILE;
 
 -- Owners reset their pools, superusers any (checked in C).

@@ -186,6 +186,9 @@ SELECT t->>'source' AS source FROM dbpool_tune_timeouts('m') t;
 SELECT err($$SELECT dbpool_tune_timeouts('m', true)$$);
 RESET ROLE;
 SELECT query_timeout_ms, acquire_timeout_ms FROM dbpool_pools WHERE name = 'm';
+-- health checks: bad input
+SELECT err($$SELECT dbpool_health('no_such_pool')$$);
+SELECT err($$SELECT dbpool_health(NULL::text)$$);
 
 SELECT dbpool_revoke_usage('m', 'regress_stat_user');
 DROP ROLE regress_stat_user, regress_stat_reader, regress_stat_other;

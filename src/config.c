@@ -178,6 +178,8 @@ create_pool(const PoolConfig *cfg)
 	dlist_init(&pool->waiters);
 	pool->primary.pool = pool->backup.pool = pool;
 	pool->backup.backup = true;
+	pool->health_last = GetCurrentTimestamp();	/* the first probe after an interval */
+	pg_atomic_write_u64(&DbpoolShmem->pools[slot].health_requested, 0);	/* none for it */
 	dlist_push_tail(&DbpoolWorkerPools, &pool->node);
 	DbpoolStatsPoolCreated(pool);
 	return pool;

@@ -111,6 +111,7 @@ fail_connect(WorkerConn *conn, int sqlerrcode, const char *message, const char *
 {
 	WorkerPool *pool = conn->pool;
 
+	DbpoolHealthConnFailed(conn, message, detail);	/* if it was opened for a check */
 	if (conn->probe)
 		DbpoolFailoverProbed(pool, false, detail ? detail : message);
 	else if (conn->conninfo_gen == pool->conninfo_gen)
@@ -576,7 +577,12 @@ DbpoolConnCheckDeadline(WorkerConn *conn, TimestampTz now)
 			DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 			return;
 		case CONN_CLEANUP:
-			DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
+			if (conn->cleanup_step == CLEANUP_HEALTH)
+				DbpoolHealthConnFailed(conn,
+									   psprintf("the health query of pool \"%s\" did not finish within health_timeout_ms (%d ms)",
+												pool->name, pool->settings.health_timeout_ms),
+									   NULL);
+			DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);	/* a timed-out check's too */
 			return;
 		case CONN_IDLE:
 			conn->deadline = 0;
@@ -590,6 +596,11 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 {
 	WorkerPool *pool = conn->pool;
 
+	if (conn->health)
+		DbpoolHealthConnFailed(conn, psprintf("lost the connection to pool \"%s\" during its health check",
+											  pool->name),
+							   conn->pg && PQstatus(conn->pg) == CONNECTION_BAD ?
+							   DbpoolConnErrorText(conn) : NULL);
 	if (reason != DBPOOL_CLOSE_UNCOUNTED && conn->state != CONN_CONNECTING)
 		DbpoolStatsCount(pool, (DbpoolCounter) reason);
 	DbpoolStatsConnClosed(conn);

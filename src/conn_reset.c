@@ -11,7 +11,9 @@
  * The steps run in the order of CleanupStep (worker.h), each a simple query
  * with a DBPOOL_CANCEL_GRACE_MS deadline; their results are read by
  * conn_query.c's result loop.  A step that fails, or any transaction state
- * other than idle afterwards, closes the connection.
+ * other than idle afterwards, closes the connection.  A health check
+ * (health.c) runs its query through the same machinery (CLEANUP_HEALTH), and
+ * the usual cleanup follows it.
  */
 #include "postgres.h"
 
@@ -51,7 +53,10 @@ to_pool(WorkerConn *conn)
 	conn->deadline = 0;
 	conn->orphaned = false;
 	conn->cleanup_step = CLEANUP_NONE;
-	DbpoolPoolRelease(conn);
+	if (conn->health_idle_since != 0)
+		DbpoolHealthRelease(conn);	/* back from a health check, idle as it was */
+	else
+		DbpoolPoolRelease(conn);
 }
 
 /* If the connection waits for its cancel thread, move on when it is done; true if it waited. */
@@ -184,6 +189,8 @@ step_name(CleanupStep step)
 			return "DEALLOCATE";
 		case CLEANUP_RESET:
 			return "reset_query";
+		case CLEANUP_HEALTH:
+			return "health query";
 		default:
 			return "cleanup";
 	}
@@ -196,6 +203,7 @@ start_step(WorkerConn *conn, CleanupStep step)
 	const char *sql = step == CLEANUP_ROLLBACK ? "ROLLBACK" :
 		step == CLEANUP_SETTINGS ? settings_sql(conn) :
 		step == CLEANUP_DEALLOCATE ? DbpoolStmtDeallocateSQL(&conn->stmts) :
+		step == CLEANUP_HEALTH ? conn->pool->settings.health_query :
 		conn->pool->settings.reset_query;
 	bool		ok;
 
@@ -210,8 +218,20 @@ start_step(WorkerConn *conn, CleanupStep step)
 		DbpoolConnClose(conn, DBPOOL_CLOSE_ERROR);
 		return;
 	}
-	conn->deadline = TimestampTzPlusMilliseconds(conn->state_since, DBPOOL_CANCEL_GRACE_MS);
+	conn->deadline = step == CLEANUP_HEALTH ? conn->pool->health_deadline :
+		TimestampTzPlusMilliseconds(conn->state_since, DBPOOL_CANCEL_GRACE_MS);
 	DbpoolWorkerDeadline(conn->deadline);
+}
+
+/*
+ * Run the pool's health query on this connection (idle, or just connected),
+ * with the check's deadline (health.c); its result comes to
+ * DbpoolConnResetStepDone.  If it cannot be sent the connection is closed.
+ */
+void
+DbpoolConnRunHealthQuery(WorkerConn *conn)
+{
+	start_step(conn, CLEANUP_HEALTH);
 }
 
 /* Start the next step after step, or hand the connection back when none is left. */
@@ -231,6 +251,8 @@ void
 DbpoolConnSetUp(WorkerConn *conn)
 {
 	note_styles(conn);
+	if (conn->health && DbpoolHealthConnReady(conn))
+		return;					/* opened for a health check: it runs first */
 	if (settings_drifted(conn))
 		start_step(conn, CLEANUP_SETTINGS);
 	else
@@ -255,6 +277,15 @@ DbpoolConnResetStart(WorkerConn *conn, PGTransactionStatusType ts)
 void
 DbpoolConnResetStepDone(WorkerConn *conn)
 {
+	if (conn->cleanup_step == CLEANUP_HEALTH)
+	{
+		/* the check is answered; then the usual cleanup, as after a request */
+		DbpoolHealthStepDone(conn);
+		resetStringInfo(&conn->error);
+		conn->deadline = 0;
+		DbpoolConnResetStart(conn, PQtransactionStatus(conn->pg));
+		return;
+	}
 	if (conn->cleanup_step == CLEANUP_DEALLOCATE)
 	{
 		DbpoolStmtDeallocateDone(&conn->stmts, conn->error.len == 0);

@@ -10,13 +10,14 @@
  *	  and shmem.c;
  *	- client backends: query.c and channel.c (a query's backend half),
  *	  sync.c (waits on the worker), admin.c (administration), figures.c
- *	  (derived figures), views.c and detail.c (their SQL renderers);
+ *	  (derived figures), views.c and detail.c (their SQL renderers),
+ *	  health_sql.c (dbpool_health);
  *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
  *	  config.c (reading the configuration, reconciling), standby.c (noticing
  *	  replicated changes on a hot standby), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
  *	  (whose threads run libpq only), resolve.c (whose threads run
- *	  getaddrinfo only), janitor.c, and the writing halves of
+ *	  getaddrinfo only), janitor.c, health.c (health checks), and the writing halves of
  *	  stats.c and slowlog.c;
  *	- both: settings.c, conninfo.c, proto.c, text.c, and the reading halves of
  *	  stats.c and slowlog.c.
@@ -221,6 +222,7 @@ typedef struct DbpoolPoolSlot
 	char		backup_conninfo[DBPOOL_CONNINFO_LEN];	/* the same; "" = none */
 	bool		on_backup;		/* serving from the backup (a single store by the worker) */
 	pg_atomic_uint32 ops_pending;	/* manual operations asked for (ops.c) */
+	pg_atomic_uint64 health_requested;	/* health checks asked for (health.c) */
 
 } DbpoolPoolSlot;
 
@@ -260,6 +262,7 @@ typedef struct DbpoolShared
 	pg_atomic_uint64 reset_applied;	/* the last request the worker has applied */
 	pg_atomic_uint64 ops_requested;	/* bumped by dbpool_restart_pool/cleanup_pool */
 	pg_atomic_uint64 ops_applied;	/* the last request the worker has applied */
+	pg_atomic_uint64 health_doorbell;	/* bumped after health_requested (health.c) */
 	uint64		next_pool_id;	/* worker only */
 	uint64		next_conn_id;	/* worker only */
 	int			nchannels;

@@ -89,6 +89,27 @@ DbpoolComputePoolFigures(const DbpoolPoolSlot *slot, const DbpoolPoolStats *s,
 	DbpoolWindowSum(s, now, &w);
 	latency_figures(&s->acquire, w.acquire, w.acquire_n, &f->acquire);
 	latency_figures(&s->query, w.query, w.query_n, &f->query);
+
+	f->health = s->health;
+	f->health_latency_ms = DbpoolHealthLatencyMs(&s->health);
+	f->health_error = DbpoolHealthShownError(&s->health, slot->owner);
+}
+
+/* A health check's latency in ms (rounded to the us); -1 when its query did not run. */
+double
+DbpoolHealthLatencyMs(const DbpoolHealthResult *r)
+{
+	return r->at != 0 && r->latency_us >= 0 ? DbpoolRoundMs(r->latency_us / 1000.0) : -1;
+}
+
+/*
+ * A health check's error as the current user may see it (the rule of the
+ * views' texts, the pool owner's), in the database encoding; NULL if none.
+ */
+const char *
+DbpoolHealthShownError(const DbpoolHealthResult *r, Oid owner)
+{
+	return r->at != 0 && r->error[0] ? DbpoolShownText(r->error, owner) : NULL;
 }
 
 /* A pool's figures now: a consistent copy of its statistics, then the figures. */
@@ -277,6 +298,22 @@ DbpoolConnStateName(DbpoolConnShownState state)
 			return "active";
 		case DBPOOL_CONN_CLOSING:
 			return "closing";
+	}
+	return "unknown";
+}
+
+/* A health check kind's SQL name. */
+const char *
+DbpoolHealthKindName(DbpoolHealthKind kind)
+{
+	switch (kind)
+	{
+		case DBPOOL_HEALTH_NONE:
+			return "none";
+		case DBPOOL_HEALTH_PROBE:
+			return "probe";
+		case DBPOOL_HEALTH_ON_DEMAND:
+			return "on_demand";
 	}
 	return "unknown";
 }

@@ -75,6 +75,11 @@ typedef struct DbpoolPoolFigures
 	DbpoolRateFigures rates[DBPOOL_NUM_RATE_WINDOWS];
 	DbpoolLatencyFigures acquire;
 	DbpoolLatencyFigures query;
+
+	/* the latest health check (health.c); health.at 0: none yet */
+	DbpoolHealthResult health;
+	double		health_latency_ms;	/* rounded to the us; -1: unknown */
+	const char *health_error;	/* database encoding, masked by the text rule; NULL if none */
 } DbpoolPoolFigures;
 
 /* A connection's row; the texts in the database encoding, NULL when there is none. */
@@ -121,6 +126,9 @@ extern bool DbpoolMaySeeText(Oid role);
 extern const char *DbpoolShownText(const char *utf8, Oid role);
 extern const char *DbpoolConnStateName(DbpoolConnShownState state);
 extern const char *DbpoolPoolStateName(DbpoolPoolState state);
+extern const char *DbpoolHealthKindName(DbpoolHealthKind kind);
+extern double DbpoolHealthLatencyMs(const DbpoolHealthResult *r);
+extern const char *DbpoolHealthShownError(const DbpoolHealthResult *r, Oid owner);
 
 /* helpers of the SQL functions (views.c) */
 extern DbpoolPoolSlot *DbpoolFindSlot(DbpoolPoolSlot *slots, int n, const char *name,

@@ -6,8 +6,9 @@
  *		deadline, the drop grace of a dropped pool and freeing it, and the
  *		connection attempts no request waits for: retries after the backoff,
  *		min_size, the probes of down and degraded pools, and a failed-over
- *		pool's probes of its primary (failover.c).  Health probes, alert
- *		evaluation and autoscaling hang their ticks here.
+ *		pool's probes of its primary (failover.c), and the health checks'
+ *		deadlines and background probes (health.c).  Alert evaluation and
+ *		autoscaling hang their ticks here.
  *
  * Every deadline a phase sees in the future is registered with
  * DbpoolWorkerDeadline, so the loop wakes for it.
@@ -187,6 +188,7 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 	}
 	reconnect(pool);
 	DbpoolFailoverTick(pool, now);
+	DbpoolHealthTick(pool, now);
 	DbpoolPoolPublish(pool);
 }
 

@@ -47,6 +47,8 @@
  *	  config_applied, for dbpool_reset_stats (stats.c states the rest);
  *	  ops_requested and ops_applied, with each slot's ops_pending, for
  *	  dbpool_restart_pool and dbpool_cleanup_pool (ops.c states the rest).
+ *	- Each slot's health_requested and health_doorbell are dbpool_health()'s
+ *	  requests of health checks (health.c states their rules).
  *	- next_pool_id and next_conn_id are the worker's alone.
  */
 #include "postgres.h"
@@ -135,11 +137,13 @@ DbpoolShmemStartup(void)
 		pg_atomic_init_u64(&DbpoolShmem->reset_applied, 0);
 		pg_atomic_init_u64(&DbpoolShmem->ops_requested, 0);
 		pg_atomic_init_u64(&DbpoolShmem->ops_applied, 0);
+		pg_atomic_init_u64(&DbpoolShmem->health_doorbell, 0);
 		DbpoolShmem->next_pool_id = 1;
 		for (i = 0; i < DbpoolMaxPools; i++)
 		{
 			DbpoolShmem->pools[i].index = i;
 			pg_atomic_init_u32(&DbpoolShmem->pools[i].ops_pending, 0);
+			pg_atomic_init_u64(&DbpoolShmem->pools[i].health_requested, 0);
 		}
 	}
 	/* pointers are per process (EXEC_BACKEND maps elsewhere): always recompute */

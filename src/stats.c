@@ -240,6 +240,8 @@ DbpoolStatsPoolCreated(WorkerPool *pool)
 	s->oldest_wait_since = 0;
 	pg_atomic_write_u32(&s->reset_pending, 0);
 	zero_stats(s, GetCurrentTimestamp());
+	memset(&s->health, 0, sizeof(s->health));	/* a reset keeps them: they are state */
+	s->health_done = 0;
 	DbpoolEndWrite(&s->changecount);
 }
 

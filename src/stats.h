@@ -94,6 +94,27 @@ typedef struct DbpoolRateSlot
 	uint32		errors;
 } DbpoolRateSlot;
 
+#define DBPOOL_LAST_ERROR_LEN	256
+
+/* What ran a health check (health.c). */
+typedef enum DbpoolHealthKind
+{
+	DBPOOL_HEALTH_NONE = 0,		/* no check yet */
+	DBPOOL_HEALTH_PROBE,		/* a background probe (health_check_interval_ms) */
+	DBPOOL_HEALTH_ON_DEMAND		/* asked for by dbpool_health() */
+} DbpoolHealthKind;
+
+/* A health check's result; the rules of the shared copies are at the top of health.c. */
+typedef struct DbpoolHealthResult
+{
+	TimestampTz at;				/* when it ended; 0: no check yet */
+	bool		ok;
+	bool		saturated;		/* no free connection nor room: the latest probe's result */
+	DbpoolHealthKind kind;
+	int64		latency_us;		/* the health query's; -1: it did not run */
+	char		error[DBPOOL_LAST_ERROR_LEN];	/* "" when ok; canonical UTF-8 (text.c) */
+} DbpoolHealthResult;
+
 /* One pool's statistics; stats[i] belongs to registry slot i while pool_id matches. */
 typedef struct DbpoolPoolStats
 {
@@ -116,6 +137,10 @@ typedef struct DbpoolPoolStats
 	DbpoolHist	query;			/* send to completion, since stats_reset */
 	DbpoolRateSlot rate[DBPOOL_RATE_SLOTS];
 	DbpoolWindowSlot window[DBPOOL_WINDOW_SLOTS];
+
+	/* the latest health check, and the last request of dbpool_health() answered (health.c) */
+	DbpoolHealthResult health;
+	uint64		health_done;
 } DbpoolPoolStats;
 
 /* A connection's state as shown in dbpool_connections. */
@@ -126,8 +151,6 @@ typedef enum DbpoolConnShownState
 	DBPOOL_CONN_ACTIVE,
 	DBPOOL_CONN_CLOSING			/* finishing a request: cancel, rollback, reset */
 } DbpoolConnShownState;
-
-#define DBPOOL_LAST_ERROR_LEN	256
 
 /* One outbound connection; the last query text (track_activity_query_size bytes) follows. */
 typedef struct DbpoolConnEntry

@@ -28,7 +28,7 @@ PG_FUNCTION_INFO_V1(dbpool_reset_stats);
 
 /* The columns of each function's rows, as dbpool--1.0.sql declares them. */
 #define DBPOOL_POOLS_FIXED_COLS		7	/* and one per setting */
-#define DBPOOL_METRICS_COLS			23
+#define DBPOOL_METRICS_COLS			27
 #define DBPOOL_CONNECTIONS_COLS		11
 #define DBPOOL_SLOW_QUERIES_COLS	8
 
@@ -223,6 +223,13 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 		values[c++] = Int32GetDatum(f->connecting);
 		put_ms(values, nulls, c++, f->oldest_wait_ms);
 		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_CANCELS]);
+		/* the latest health check: all NULL before the first */
+		nulls[c] = nulls[c + 1] = f->health.at == 0;
+		values[c++] = TimestampTzGetDatum(f->health.at);
+		values[c++] = BoolGetDatum(f->health.ok);
+		put_ms(values, nulls, c++, f->health_latency_ms);
+		values[c] = text_or_null(f->health_error, &nulls[c]);
+		c++;
 		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;

@@ -11,8 +11,10 @@
  * results of connections with socket events (first, so that a
  * finished connection serves the next waiter at once: conn*.c), new requests
  * from the channels the pending bitmap names (channel_worker.c), responses a
- * full queue held back, statistics resets, pools waiting for room under the
- * global cap (pool.c), and housekeeping when a deadline is due (janitor.c).
+ * full queue held back, statistics resets, manual operations (ops.c), the
+ * health checks dbpool_health() asked for (health.c), pools waiting for room
+ * under the global cap (pool.c), and housekeeping when a deadline is due
+ * (janitor.c).
  * After large values were freed, the next iteration gives free heap memory
  * back to the system (trim_if_freed_large).
  *
@@ -485,6 +487,7 @@ DbpoolWorkerMain(Datum main_arg)
 		process_blocked();
 		DbpoolStatsApplyResets();
 		DbpoolOpsApply();
+		DbpoolHealthApply();
 		if (DbpoolWorkerServeNeeded)
 			DbpoolPoolServeAll();
 		housekeeping_if_due();

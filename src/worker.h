@@ -123,7 +123,9 @@ typedef enum CleanupStep
 	CLEANUP_RESET,				/* the pool's reset_query */
 	CLEANUP_SETTINGS,			/* DateStyle, IntervalStyle or client_encoding differ from
 								 * what the connection keeps */
-	CLEANUP_AWAIT_CANCEL		/* waiting for the cancel thread before reuse */
+	CLEANUP_AWAIT_CANCEL,		/* waiting for the cancel thread before reuse */
+	CLEANUP_HEALTH				/* not a cleanup: its pool's health query (health.c), with
+								 * the check's deadline; the usual cleanup follows */
 } CleanupStep;
 
 typedef enum ConnState
@@ -213,6 +215,11 @@ struct WorkerConn
 								 * reset; InvalidOid if none */
 	bool		stmt_retry;		/* it failed at Bind: run it again unnamed */
 	bool		stmt_lost;		/* ... because the server no longer has it */
+
+	bool		health;			/* runs its pool's health check, or was opened for one
+								 * (health.c) */
+	TimestampTz health_idle_since;	/* taken idle for a check: since when it was idle (it
+									 * goes back as it was); 0 otherwise */
 };
 
 /* One pool: its settings, connections and waiting requests. */
@@ -272,6 +279,20 @@ struct WorkerPool
 	WorkerConn *probe;			/* the probe in flight, NULL if none */
 	TimestampTz next_probe_at;
 	TimestampTz primary_up_since;
+
+	/*
+	 * Health checks (health.c): the one in flight, if health_busy, and the
+	 * requests of dbpool_health() it answers; the latest background probe's
+	 * result, for checks answered while the pool is saturated.
+	 */
+	bool		health_busy;
+	bool		health_on_demand;	/* asked for (else a background probe) */
+	WorkerConn *health_conn;	/* the connection running it or opened for it; NULL if none */
+	TimestampTz health_deadline;
+	TimestampTz health_query_at;	/* when its health query was sent */
+	uint64		health_seq;		/* the last request of health_requested a check covers */
+	TimestampTz health_last;	/* when the latest check ended (or the pool was created) */
+	DbpoolHealthResult last_probe;	/* at 0: no background probe yet */
 };
 
 /* worker.c */
@@ -342,6 +363,14 @@ extern void DbpoolOpsApply(void);
 /* janitor.c */
 extern void DbpoolJanitorTick(TimestampTz now);
 
+/* health.c */
+extern void DbpoolHealthApply(void);
+extern void DbpoolHealthTick(WorkerPool *pool, TimestampTz now);
+extern bool DbpoolHealthConnReady(WorkerConn *conn);
+extern void DbpoolHealthStepDone(WorkerConn *conn);
+extern void DbpoolHealthConnFailed(WorkerConn *conn, const char *message, const char *detail);
+extern void DbpoolHealthRelease(WorkerConn *conn);
+
 /* conn.c: a connection's life */
 extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
 extern WorkerConn *DbpoolConnOpenProbe(WorkerPool *pool);
@@ -373,6 +402,7 @@ extern const char *DbpoolConnReportedStyle(WorkerConn *conn, const char *name);
 extern char *DbpoolConnRoleResetSQL(WorkerConn *conn);
 extern void DbpoolConnResetStart(WorkerConn *conn, PGTransactionStatusType ts);
 extern void DbpoolConnResetStepDone(WorkerConn *conn);
+extern void DbpoolConnRunHealthQuery(WorkerConn *conn);
 extern bool DbpoolConnPollCancel(WorkerConn *conn);
 
 /* stmtcache.c */
