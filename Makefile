@@ -9,6 +9,7 @@ OBJS = \
 	src/conninfo.o \
 	src/proto.o \
 	src/text.o \
+	src/client_status.o \
 	src/sync.o \
 	src/channel.o \
 	src/query.o \
@@ -20,6 +21,7 @@ OBJS = \
 	src/channel_worker.o \
 	src/pool.o \
 	src/janitor.o \
+	src/leak.o \
 	src/failover.o \
 	src/conn.o \
 	src/conn_query.o \
@@ -33,6 +35,7 @@ OBJS = \
 	src/figures.o \
 	src/views.o \
 	src/detail.o \
+	src/diagnose.o \
 	src/tune.o
 
 EXTENSION = dbpool

@@ -194,7 +194,9 @@ CREATE FUNCTION dbpool_metrics(
     OUT stats_reset timestamptz,
     OUT connecting_connections int,
     OUT oldest_wait_ms float8,
-    OUT cancels_total bigint)
+    OUT cancels_total bigint,
+    OUT leaks_suspected int,
+    OUT leaks_suspected_total bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'dbpool_metrics'
 LANGUAGE C VOLATILE;
@@ -213,7 +215,10 @@ CREATE FUNCTION dbpool_connections(
     OUT active_seconds float8,
     OUT queries_served bigint,
     OUT last_query text,
-    OUT last_error text)
+    OUT last_error text,
+    OUT application_name text,
+    OUT client_query text,
+    OUT suspected_leak bool)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'dbpool_connections'
 LANGUAGE C VOLATILE;
@@ -246,6 +251,13 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION dbpool_detailed_metrics(pool text DEFAULT NULL)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'dbpool_detailed_metrics'
+LANGUAGE C VOLATILE;
+
+-- A diagnosis of one pool: its issues, suspected leaks, slowest queries and
+-- what to do (anyone; texts under the views' rules).
+CREATE FUNCTION dbpool_diagnose(pool text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'dbpool_diagnose'
 LANGUAGE C VOLATILE;
 
 -- Owners reset their pools, superusers any (checked in C).

@@ -447,7 +447,7 @@ connect_poll(WorkerConn *conn)
 	pool->nconnecting--;
 	conn->deadline = 0;
 	conn->remote_pid = PQbackendPID(conn->pg);
-	DbpoolStatsCount(pool, DBPOOL_C_CONNS_CREATED);
+	DbpoolStatsConnCreated(pool);
 	DbpoolConnSetState(conn, CONN_IDLE);
 	DbpoolPoolConnected(pool);
 	DbpoolConnSetUp(conn);		/* ISO output, keeping the foreign field order */
@@ -590,6 +590,8 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 {
 	WorkerPool *pool = conn->pool;
 
+	if (conn->leak_suspected)
+		DbpoolLeakEnded(conn, "the connection was closed");
 	if (reason != DBPOOL_CLOSE_UNCOUNTED && conn->state != CONN_CONNECTING)
 		DbpoolStatsCount(pool, (DbpoolCounter) reason);
 	DbpoolStatsConnClosed(conn);

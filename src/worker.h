@@ -213,6 +213,10 @@ struct WorkerConn
 								 * reset; InvalidOid if none */
 	bool		stmt_retry;		/* it failed at Bind: run it again unnamed */
 	bool		stmt_lost;		/* ... because the server no longer has it */
+
+	/* leak detection (leak.c) */
+	bool		leak_suspected; /* flagged: busy with one request past leak_threshold_ms */
+	TimestampTz leak_since;		/* ... since then: the request's start */
 };
 
 /* One pool: its settings, connections and waiting requests. */
@@ -258,6 +262,8 @@ struct WorkerPool
 	char	   *last_detail;
 	char	   *last_hint;
 	TimestampTz last_failure_log;	/* connect failures log at most once a minute */
+
+	int			nleaks;			/* connections flagged as suspected leaks (leak.c) */
 
 	bool		cancel_skip_logged; /* a skipped cancel was logged (once per pool) */
 	bool		cancel_abandon_logged;	/* ... an abandoned one */
@@ -342,6 +348,10 @@ extern void DbpoolOpsApply(void);
 /* janitor.c */
 extern void DbpoolJanitorTick(TimestampTz now);
 
+/* leak.c */
+extern void DbpoolLeakTick(WorkerPool *pool, TimestampTz now);
+extern void DbpoolLeakEnded(WorkerConn *conn, const char *how);
+
 /* conn.c: a connection's life */
 extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
 extern WorkerConn *DbpoolConnOpenProbe(WorkerPool *pool);
@@ -397,6 +407,8 @@ extern void DbpoolStmtFree(StmtCache *cache);
 extern void DbpoolStatsPoolCreated(WorkerPool *pool);
 extern void DbpoolStatsGauges(WorkerPool *pool);
 extern void DbpoolStatsCount(WorkerPool *pool, DbpoolCounter c);
+extern void DbpoolStatsConnCreated(WorkerPool *pool);
+extern void DbpoolStatsLeaks(WorkerPool *pool, int32 n);
 extern void DbpoolStatsAcquired(WorkerChannel *ch);
 extern void DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
 								  const char *message, bool cancelled, int also);
@@ -404,6 +416,7 @@ extern void DbpoolStatsConnInit(void);
 extern void DbpoolStatsConnOpened(WorkerConn *conn);
 extern void DbpoolStatsConnUpdate(WorkerConn *conn);
 extern void DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch);
+extern void DbpoolStatsConnLeak(WorkerConn *conn);
 extern void DbpoolStatsConnError(WorkerConn *conn, const char *message, Oid role);
 extern void DbpoolStatsConnClosed(WorkerConn *conn);
 extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at,
