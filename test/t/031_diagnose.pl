@@ -31,6 +31,11 @@ $l->safe_psql('postgres', qq{
 	SELECT dbpool_create_pool('churn', $ci, min_size => 1, max_size => 2);
 });
 
+# A pool's first request waits for its connection to be made, which a loaded machine can
+# stretch beyond the acquire threshold: checks that expect an exact list of issues leave
+# long_waits out with this.
+my $no_waits = 'SET dbpool.diagnose_acquire_p99_ms = 1e6;';
+
 # "type:severity" of a pool's issues, in order; $set: SET statements to run first
 sub issues
 {
@@ -54,6 +59,8 @@ query_fails($l, q{SELECT dbpool_diagnose('nope')}, '42704', qr/pool "nope" does 
 query_fails($l, q{SELECT dbpool_diagnose(NULL)}, '22004', qr/must not be null/, 'NULL pool');
 
 # --- a healthy pool ---------------------------------------------------------------------------------
+ok(poll_until($l, q{SELECT idle_connections FROM dbpool_metrics WHERE pool = 'hp'}, '1'),
+	'hp: its min_size connection is ready');
 for my $i (1 .. 3)
 {
 	$l->safe_psql('postgres', q{SELECT * FROM dbpool_query('hp', 'SELECT 1') AS t(x int)});
@@ -68,8 +75,8 @@ query_ok($l, q{SELECT d->>'pool', d->>'overall_health', d->'issues', d->'suspici
 # --- high_latency, and the slow queries ---------------------------------------------------------
 $l->safe_psql('postgres',
 	q{SELECT * FROM dbpool_query('lat', 'SELECT pg_sleep(0.3)::text') AS t(x text)});
-query_ok($l, issues('lat'), '', 'lat: under the default threshold (1000 ms)');
-my $low_latency = 'SET dbpool.diagnose_latency_p99_ms = 100;';
+query_ok($l, issues('lat', $no_waits), '', 'lat: under the default threshold (1000 ms)');
+my $low_latency = $no_waits . 'SET dbpool.diagnose_latency_p99_ms = 100;';
 query_ok($l, issues('lat', $low_latency), 'high_latency:high', 'high_latency over 100 ms');
 like($l->safe_psql('postgres', description('lat', 'high_latency', $low_latency)),
 	qr/p99 of the last 60 s is [\d.]+ ms \(1 queries\), above dbpool.diagnose_latency_p99_ms \(100 ms\)/,
@@ -90,13 +97,14 @@ for my $i (1 .. 3)
 	run_sql($l, q{SELECT * FROM dbpool_query('err', 'SELECT 1/0') AS t(x int)});
 }
 $l->safe_psql('postgres', q{SELECT * FROM dbpool_query('err', 'SELECT 1') AS t(x int)});
-my $low_errors = 'SET dbpool.diagnose_error_rate = 0.5;';
+my $low_errors = $no_waits . 'SET dbpool.diagnose_error_rate = 0.5;';
 ok(poll_until($l, issues('err', $low_errors), 'high_error_rate:critical'),
 	'high_error_rate over 0.5 (3 errors of 4 queries)');
 like($l->safe_psql('postgres', description('err', 'high_error_rate', $low_errors)),
 	qr/error rate of the last 60 s is 0\.7500 .* above dbpool.diagnose_error_rate \(0\.5\)/,
 	'its description');
-query_ok($l, issues('err', 'SET dbpool.diagnose_error_rate = 0.8;'), '', 'not over 0.8');
+query_ok($l, issues('err', $no_waits . 'SET dbpool.diagnose_error_rate = 0.8;'), '',
+	'not over 0.8');
 
 # --- saturation, then long_waits ----------------------------------------------------------------
 my $holder = start_bg($f, q{SELECT pg_advisory_lock(7), pg_sleep(600)});
@@ -110,7 +118,7 @@ my $second = start_bg($l,
 	q{SELECT * FROM dbpool_query('sat', 'SELECT ''second''') AS t(x text)});
 ok(poll_until($l, q{SELECT waiting_queue_length FROM dbpool_metrics WHERE pool = 'sat'}, '1'),
 	'sat: a request waits');
-my $low_sat = 'SET dbpool.diagnose_utilization = 0.5;';
+my $low_sat = $no_waits . 'SET dbpool.diagnose_utilization = 0.5;';
 query_ok($l, issues('sat', $low_sat), 'saturation:high', 'saturation over 0.5');
 like($l->safe_psql('postgres', description('sat', 'saturation', $low_sat)),
 	qr/utilization \(connections busy with a request \/ max_size\) is 1\.00: 1 of max_size 1 connections are busy and 1 requests wait; above dbpool.diagnose_utilization \(0\.5\)/,
