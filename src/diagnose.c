@@ -328,15 +328,13 @@ dbpool_diagnose(PG_FUNCTION_ARGS)
 	StringInfoData buf;
 	ListCell   *lc;
 	int			nslots;
+	char	   *name;
 
 	DbpoolCheckLoaded();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("pool name must not be null")));
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	DbpoolWaitForCommittedConfig();
 	slots = DbpoolRegistryCopy(&nslots);
-	p = DbpoolFindSlot(slots, nslots, text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+	p = DbpoolFindSlot(slots, nslots, name, false);
 	DbpoolSlotStats(p, stats);
 	DbpoolComputePoolFigures(p, stats, GetCurrentTimestamp(), f);
 
