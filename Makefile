@@ -9,6 +9,7 @@ OBJS = \
 	src/conninfo.o \
 	src/proto.o \
 	src/text.o \
+	src/client_status.o \
 	src/sync.o \
 	src/channel.o \
 	src/query.o \
@@ -21,6 +22,7 @@ OBJS = \
 	src/pool.o \
 	src/janitor.o \
 	src/health.o \
+	src/leak.o \
 	src/failover.o \
 	src/conn.o \
 	src/conn_query.o \
@@ -35,7 +37,8 @@ OBJS = \
 	src/views.o \
 	src/detail.o \
 	src/tune.o \
-	src/health_sql.o
+	src/health_sql.o \
+	src/diagnose.o
 
 EXTENSION = dbpool
 DATA = dbpool--1.0.sql

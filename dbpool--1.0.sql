@@ -198,7 +198,9 @@ CREATE FUNCTION dbpool_metrics(
     OUT last_health_check_at timestamptz,
     OUT last_health_check_ok bool,
     OUT last_health_check_latency_ms float8,
-    OUT last_health_check_error text)
+    OUT last_health_check_error text,
+    OUT leaks_suspected int,
+    OUT leaks_suspected_total bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'dbpool_metrics'
 LANGUAGE C VOLATILE;
@@ -217,7 +219,10 @@ CREATE FUNCTION dbpool_connections(
     OUT active_seconds float8,
     OUT queries_served bigint,
     OUT last_query text,
-    OUT last_error text)
+    OUT last_error text,
+    OUT application_name text,
+    OUT client_query text,
+    OUT suspected_leak bool)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'dbpool_connections'
 LANGUAGE C VOLATILE;
@@ -261,6 +266,13 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION dbpool_health(pool text)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'dbpool_health_pool'
+LANGUAGE C VOLATILE;
+
+-- A diagnosis of one pool: its issues, suspected leaks, slowest queries and
+-- what to do (anyone; texts under the views' rules).
+CREATE FUNCTION dbpool_diagnose(pool text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'dbpool_diagnose'
 LANGUAGE C VOLATILE;
 
 -- Owners reset their pools, superusers any (checked in C).

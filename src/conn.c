@@ -448,7 +448,7 @@ connect_poll(WorkerConn *conn)
 	pool->nconnecting--;
 	conn->deadline = 0;
 	conn->remote_pid = PQbackendPID(conn->pg);
-	DbpoolStatsCount(pool, DBPOOL_C_CONNS_CREATED);
+	DbpoolStatsConnCreated(pool);
 	DbpoolConnSetState(conn, CONN_IDLE);
 	DbpoolPoolConnected(pool);
 	DbpoolConnSetUp(conn);		/* ISO output, keeping the foreign field order */
@@ -601,6 +601,8 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 											  pool->name),
 							   conn->pg && PQstatus(conn->pg) == CONNECTION_BAD ?
 							   DbpoolConnErrorText(conn) : NULL);
+	if (conn->leak_suspected)
+		DbpoolLeakEnded(conn, "the connection was closed");
 	if (reason != DBPOOL_CLOSE_UNCOUNTED && conn->state != CONN_CONNECTING)
 		DbpoolStatsCount(pool, (DbpoolCounter) reason);
 	DbpoolStatsConnClosed(conn);

@@ -22,6 +22,11 @@ int			DbpoolQueueSizeKb = 64;
 int			DbpoolStatementCacheSize = 100;
 int			DbpoolSlowQueryLogSize = 1000;
 bool		DbpoolLoadedAtStartup = false;
+double		DbpoolDiagnoseLatencyP99Ms = 1000;
+double		DbpoolDiagnoseErrorRate = 0.05;
+double		DbpoolDiagnoseUtilization = 0.9;
+double		DbpoolDiagnoseAcquireP99Ms = 100;
+int			DbpoolDiagnoseReconnectsPerMinute = 10;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -44,6 +49,32 @@ dbpool_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	DbpoolShmemStartup();
+}
+
+/* The thresholds of dbpool_diagnose (diagnose.c): any session may set them. */
+static void
+define_diagnose_gucs(void)
+{
+	DefineCustomRealVariable("dbpool.diagnose_latency_p99_ms",
+							 "dbpool_diagnose: query latency p99 (last 60 s) above which a pool has high_latency.",
+							 NULL, &DbpoolDiagnoseLatencyP99Ms, 1000, 0, 1e9,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.diagnose_error_rate",
+							 "dbpool_diagnose: error rate (last 60 s) above which a pool has high_error_rate.",
+							 NULL, &DbpoolDiagnoseErrorRate, 0.05, 0, 1,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.diagnose_utilization",
+							 "dbpool_diagnose: utilization (busy connections / max_size) above which a pool has saturation.",
+							 NULL, &DbpoolDiagnoseUtilization, 0.9, 0, 1,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.diagnose_acquire_p99_ms",
+							 "dbpool_diagnose: acquire latency p99 (last 60 s) above which a pool has long_waits.",
+							 NULL, &DbpoolDiagnoseAcquireP99Ms, 100, 0, 1e9,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.diagnose_reconnects_per_minute",
+							"dbpool_diagnose: connections established in the last 60 s beyond min_size above which a pool has frequent_reconnects.",
+							NULL, &DbpoolDiagnoseReconnectsPerMinute, 10, 0, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 }
 
 /* Define the GUCs and, when preloaded, reserve shared memory and register the worker. */
@@ -87,6 +118,7 @@ _PG_init(void)
 							"0 keeps none.",
 							&DbpoolSlowQueryLogSize, 1000, 0, 100000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	define_diagnose_gucs();
 	MarkGUCPrefixReserved("dbpool");
 	DbpoolHistInit();
 

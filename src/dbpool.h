@@ -72,6 +72,11 @@ extern int	DbpoolQueueSizeKb;
 extern int	DbpoolStatementCacheSize;
 extern int	DbpoolSlowQueryLogSize;
 extern bool DbpoolLoadedAtStartup;
+extern double DbpoolDiagnoseLatencyP99Ms;	/* dbpool_diagnose's thresholds (diagnose.c) */
+extern double DbpoolDiagnoseErrorRate;
+extern double DbpoolDiagnoseUtilization;
+extern double DbpoolDiagnoseAcquireP99Ms;
+extern int	DbpoolDiagnoseReconnectsPerMinute;
 
 /* ---------- pool settings (settings.c) ---------- */
 
@@ -191,6 +196,18 @@ extern char *DbpoolTextUtf8(const char *text, int len, int encoding);
 extern void DbpoolTextStore(char *dst, Size size, const char *text, int len);
 extern char *DbpoolTextRender(const char *utf8, int len);
 extern char *DbpoolTextShow(const char *utf8);
+
+/* ---------- a local session as pg_stat_activity shows it (client_status.c) ---------- */
+
+typedef struct DbpoolClientInfo
+{
+	bool		found;			/* a session has that pid */
+	Oid			userid;			/* its role */
+	char	   *application_name;	/* canonical UTF-8; NULL if empty */
+	char	   *query;			/* its current or last query, the same */
+} DbpoolClientInfo;
+
+extern bool DbpoolClientStatus(int pid, DbpoolClientInfo *ci);
 
 /* ---------- shared memory (shmem.c) ---------- */
 

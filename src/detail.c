@@ -193,6 +193,11 @@ json_connections(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, in
 		json_string(buf, f.last_query);
 		appendStringInfoString(buf, ",\"last_error\":");
 		json_string(buf, f.last_error);
+		appendStringInfoString(buf, ",\"application_name\":");
+		json_string(buf, f.application_name);
+		appendStringInfoString(buf, ",\"client_query\":");
+		json_string(buf, f.client_query);
+		appendStringInfo(buf, ",\"suspected_leak\":%s", f.suspected_leak ? "true" : "false");
 		appendStringInfoChar(buf, '}');
 	}
 	appendStringInfoChar(buf, ']');
@@ -218,9 +223,10 @@ json_pool(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, int nentr
 
 	appendStringInfo(buf, ",\"gauges\":{\"total_connections\":%d,\"active_connections\":%d,"
 					 "\"idle_connections\":%d,\"connecting_connections\":%d,\"max_size\":%d,"
-					 "\"connection_utilization\":%.6f,\"waiting_queue_length\":%d,\"oldest_wait_ms\":",
+					 "\"connection_utilization\":%.6f,\"waiting_queue_length\":%d,"
+					 "\"leaks_suspected\":%d,\"oldest_wait_ms\":",
 					 f->total, f->active, f->idle, f->connecting, f->max_size,
-					 f->utilization, f->waiting);
+					 f->utilization, f->waiting, f->leaks_suspected);
 	json_ms(buf, f->oldest_wait_ms);
 	appendStringInfoString(buf, "},\"counters\":{");
 	for (i = 0; i < DBPOOL_NUM_COUNTERS; i++)

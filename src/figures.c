@@ -73,6 +73,8 @@ DbpoolComputePoolFigures(const DbpoolPoolSlot *slot, const DbpoolPoolStats *s,
 	f->utilization = f->max_size > 0 ? (double) s->active / f->max_size : 0;
 	f->oldest_wait_ms = s->oldest_wait_since ?
 		DbpoolRoundMs(Max(now - s->oldest_wait_since, 0) / 1000.0) : -1;
+	f->leaks_suspected = s->leaks_suspected;
+	f->conns_created_60s = DbpoolConnsCreated(s, now, DBPOOL_RATE_MAX_SECS);
 
 	memcpy(f->counters, s->counters, sizeof(f->counters));
 	f->timeouts = s->counters[DBPOOL_C_ACQUIRE_TIMEOUTS] + s->counters[DBPOOL_C_QUERY_TIMEOUTS];
@@ -133,11 +135,19 @@ DbpoolSlotStats(const DbpoolPoolSlot *slot, DbpoolPoolStats *copy)
 
 /* ---------- a connection ---------- */
 
-/* A connection's row from a copy of its entry at time now, texts masked for the current user. */
+/*
+ * A connection's row from a copy of its entry at time now, texts masked for
+ * the current user.  The served client's application_name and local query
+ * come from this transaction's snapshot of the backend status array (as
+ * pg_stat_activity's), converted from its database's encoding; the
+ * application_name is shown to everyone, as pg_stat_activity does, the query
+ * under the text rules (DbpoolMaySeeText of the client's role).
+ */
 void
 DbpoolComputeConnFigures(const DbpoolConnEntry *e, TimestampTz now, DbpoolConnFigures *f)
 {
 	int64		active_us = e->active_us;
+	DbpoolClientInfo ci;
 
 	if (e->state == DBPOOL_CONN_ACTIVE)
 		active_us += Max(now - e->state_since, 0);
@@ -151,6 +161,13 @@ DbpoolComputeConnFigures(const DbpoolConnEntry *e, TimestampTz now, DbpoolConnFi
 	f->queries_served = e->queries_served;
 	f->last_query = e->last_query[0] ? DbpoolShownText(e->last_query, e->last_role) : NULL;
 	f->last_error = e->last_error[0] ? DbpoolShownText(e->last_error, e->last_error_role) : NULL;
+	f->suspected_leak = e->suspected_leak;
+	f->application_name = f->client_query = NULL;
+	if (e->client_pid != 0 && DbpoolClientStatus(e->client_pid, &ci))
+	{
+		f->application_name = DbpoolTextShow(ci.application_name);
+		f->client_query = ci.query ? DbpoolShownText(ci.query, ci.userid) : NULL;
+	}
 }
 
 /* Entry i of a DbpoolConnSnapshot() copy. */
@@ -247,6 +264,25 @@ DbpoolRates(const DbpoolPoolStats *s, TimestampTz now, int secs, double *qps,
 	}
 	*qps = (double) q / secs;
 	*errors_per_sec = (double) e / secs;
+}
+
+/* Connections established over the last secs complete seconds. */
+uint64
+DbpoolConnsCreated(const DbpoolPoolStats *s, TimestampTz now, int secs)
+{
+	int64		cur = now / USECS_PER_SEC;
+	uint64		n = 0;
+	int			i;
+
+	Assert(secs >= 1 && secs <= DBPOOL_RATE_MAX_SECS);
+	for (i = 0; i < DBPOOL_RATE_SLOTS; i++)
+	{
+		const DbpoolRateSlot *r = &s->rate[i];
+
+		if (r->second >= cur - secs && r->second < cur)
+			n += r->conns_created;
+	}
+	return n;
 }
 
 /* Milliseconds rounded to the microsecond, the unit every latency is kept in. */

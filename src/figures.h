@@ -69,6 +69,8 @@ typedef struct DbpoolPoolFigures
 	int32		max_size;
 	double		utilization;	/* active / max_size; 0 when max_size is 0 */
 	double		oldest_wait_ms; /* rounded to the us; -1: no request waits */
+	int32		leaks_suspected;	/* connections suspected of leaking now */
+	uint64		conns_created_60s;	/* connections established in the last 60 complete s */
 
 	uint64		counters[DBPOOL_NUM_COUNTERS];
 	uint64		timeouts;		/* acquire and query timeouts */
@@ -95,6 +97,9 @@ typedef struct DbpoolConnFigures
 	uint64		queries_served;
 	const char *last_query;		/* or DBPOOL_INSUFFICIENT_PRIVILEGE */
 	const char *last_error;		/* or DBPOOL_INSUFFICIENT_PRIVILEGE */
+	bool		suspected_leak; /* busy with one request past leak_threshold_ms */
+	const char *application_name;	/* the served client's (NULL: none, or gone) */
+	const char *client_query;	/* its local query, or DBPOOL_INSUFFICIENT_PRIVILEGE */
 } DbpoolConnFigures;
 
 /* the figures */
@@ -119,6 +124,7 @@ extern void DbpoolWindowSum(const DbpoolPoolStats *s, TimestampTz now, DbpoolWin
 extern double DbpoolHistPercentile(const uint64 *count, uint64 n, double p);
 extern void DbpoolRates(const DbpoolPoolStats *s, TimestampTz now, int secs,
 						double *qps, double *errors_per_sec);
+extern uint64 DbpoolConnsCreated(const DbpoolPoolStats *s, TimestampTz now, int secs);
 extern double DbpoolRoundMs(double ms);
 
 /* who sees what, and names */

@@ -5,10 +5,10 @@
  *		deadline, each connection's idle and lifetime limits and its own
  *		deadline, the drop grace of a dropped pool and freeing it, and the
  *		connection attempts no request waits for: retries after the backoff,
- *		min_size, the probes of down and degraded pools, and a failed-over
- *		pool's probes of its primary (failover.c), and the health checks'
- *		deadlines and background probes (health.c).  Alert evaluation and
- *		autoscaling hang their ticks here.
+ *		min_size, the probes of down and degraded pools, a failed-over
+ *		pool's probes of its primary (failover.c), the health checks'
+ *		deadlines and background probes (health.c), and leak detection
+ *		(leak.c).  Alert evaluation and autoscaling hang their ticks here.
  *
  * Every deadline a phase sees in the future is registered with
  * DbpoolWorkerDeadline, so the loop wakes for it.
@@ -178,6 +178,7 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 {
 	expire_waiters(pool, now);
 	check_connections(pool, now);
+	DbpoolLeakTick(pool, now);
 	if (pool->dropping)
 	{
 		if (pool->nconns == 0)

@@ -86,3 +86,15 @@ DbpoolSlowSnapshot(DbpoolSlowEntry **entries)
 	*entries = (DbpoolSlowEntry *) buf;
 	return n;
 }
+
+/* qsort comparator of DbpoolSlowEntry pointers: slowest first, then newest first. */
+int
+DbpoolSlowestFirst(const void *a, const void *b)
+{
+	const DbpoolSlowEntry *x = *(DbpoolSlowEntry *const *) a;
+	const DbpoolSlowEntry *y = *(DbpoolSlowEntry *const *) b;
+
+	if (x->duration_us != y->duration_us)
+		return x->duration_us > y->duration_us ? -1 : 1;
+	return x->seq > y->seq ? -1 : (x->seq < y->seq ? 1 : 0);
+}

@@ -48,7 +48,7 @@ const char *const DbpoolCounterNames[DBPOOL_NUM_COUNTERS] = {
 	"rows", "connections_created", "connection_failures", "closed_idle", "closed_lifetime",
 	"closed_error", "closed_resize", "closed_config", "closed_drop",
 	"closed_broken", "retries",
-	"closed_large", "cancels_skipped", "cancels_abandoned"
+	"closed_large", "cancels_skipped", "cancels_abandoned", "leaks_suspected"
 };
 
 /* Worker-local: free connection entries, a stack of indexes. */
@@ -207,6 +207,8 @@ DbpoolReadConsistent(pg_atomic_uint32 *cc, void *dst, const void *src, Size len)
 
 /* ---------- the worker's updates: pools ---------- */
 
+static DbpoolRateSlot *rate_slot(DbpoolPoolStats *s, TimestampTz now);
+
 /* The stats block of a pool. */
 static inline DbpoolPoolStats *
 pool_stats(WorkerPool *pool)
@@ -238,6 +240,7 @@ DbpoolStatsPoolCreated(WorkerPool *pool)
 	s->pool_id = pool->pool_id;
 	s->total = s->active = s->idle = s->connecting = s->waiting = 0;
 	s->oldest_wait_since = 0;
+	s->leaks_suspected = 0;
 	pg_atomic_write_u32(&s->reset_pending, 0);
 	zero_stats(s, GetCurrentTimestamp());
 	memset(&s->health, 0, sizeof(s->health));	/* a reset keeps them: they are state */
@@ -276,6 +279,29 @@ DbpoolStatsCount(WorkerPool *pool, DbpoolCounter c)
 	DbpoolEndWrite(&s->changecount);
 }
 
+/* A connection of a pool was established: count it, and in its second for the churn rate. */
+void
+DbpoolStatsConnCreated(WorkerPool *pool)
+{
+	DbpoolPoolStats *s = pool_stats(pool);
+
+	DbpoolBeginWrite(&s->changecount);
+	s->counters[DBPOOL_C_CONNS_CREATED]++;
+	rate_slot(s, GetCurrentTimestamp())->conns_created++;
+	DbpoolEndWrite(&s->changecount);
+}
+
+/* Publish how many connections of a pool are suspected leaks now (leak.c). */
+void
+DbpoolStatsLeaks(WorkerPool *pool, int32 n)
+{
+	DbpoolPoolStats *s = pool_stats(pool);
+
+	DbpoolBeginWrite(&s->changecount);
+	s->leaks_suspected = n;
+	DbpoolEndWrite(&s->changecount);
+}
+
 /* The pool's window slot for time now, emptied if it held an older slot; inside a write. */
 static DbpoolWindowSlot *
 window_slot(DbpoolPoolStats *s, TimestampTz now)
@@ -300,7 +326,7 @@ rate_slot(DbpoolPoolStats *s, TimestampTz now)
 
 	if (r->second != second)
 	{
-		r->queries = r->errors = 0;
+		r->queries = r->errors = r->conns_created = 0;
 		r->second = second;
 	}
 	return r;
@@ -339,6 +365,10 @@ DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
 	bool		slow = false;
 	DbpoolRateSlot *r;
 
+	/* the one test the query path pays for leak detection */
+	if (unlikely(conn && conn->leak_suspected))
+		DbpoolLeakEnded(conn, cancelled ? "its client abandoned it" :
+						sqlstate ? "answered with an error" : "answered");
 	if (pool == NULL || ch->counted)
 		return;
 	ch->counted = true;
@@ -452,6 +482,7 @@ DbpoolStatsConnOpened(WorkerConn *conn)
 	e->state_since = conn->state_since;
 	e->active_us = 0;
 	e->queries_served = 0;
+	e->suspected_leak = false;
 	e->last_role = e->last_error_role = InvalidOid;
 	e->last_error[0] = '\0';
 	e->last_query[0] = '\0';
@@ -516,6 +547,20 @@ DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch)
 	DbpoolTextStore(e->last_query, DbpoolQueryTextLen(), ch->req.sql, strlen(ch->req.sql));
 	e->last_role = ch->req.user;
 	fill_state(e, conn);
+	DbpoolEndWrite(&e->changecount);
+}
+
+/* Publish whether a connection is a suspected leak (leak.c). */
+void
+DbpoolStatsConnLeak(WorkerConn *conn)
+{
+	DbpoolConnEntry *e;
+
+	if (conn->entry < 0)
+		return;
+	e = DbpoolConnEntryAt(conn->entry);
+	DbpoolBeginWrite(&e->changecount);
+	e->suspected_leak = conn->leak_suspected;
 	DbpoolEndWrite(&e->changecount);
 }
 

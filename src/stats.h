@@ -55,6 +55,7 @@ typedef enum DbpoolCounter
 	DBPOOL_C_CLOSED_LARGE,		/* it carried a large value (DBPOOL_LARGE_MESSAGE_BYTES) */
 	DBPOOL_C_CANCELS_SKIPPED,	/* remote cancels that could not start (cancel.c) */
 	DBPOOL_C_CANCELS_ABANDONED, /* remote cancels given up on while in flight */
+	DBPOOL_C_LEAKS_SUSPECTED,	/* connections flagged as suspected leaks (leak.c) */
 	DBPOOL_NUM_COUNTERS
 } DbpoolCounter;
 
@@ -92,6 +93,7 @@ typedef struct DbpoolRateSlot
 	int64		second;			/* Unix-epoch-like second of the server clock */
 	uint32		queries;
 	uint32		errors;
+	uint32		conns_created;	/* connections established */
 } DbpoolRateSlot;
 
 #define DBPOOL_LAST_ERROR_LEN	256
@@ -131,6 +133,7 @@ typedef struct DbpoolPoolStats
 	int32		connecting;
 	int32		waiting;
 	TimestampTz oldest_wait_since;	/* 0: no request waits */
+	int32		leaks_suspected;	/* connections flagged as suspected leaks now (leak.c) */
 
 	uint64		counters[DBPOOL_NUM_COUNTERS];
 	DbpoolHist	acquire;		/* time to get a connection, since stats_reset */
@@ -167,6 +170,7 @@ typedef struct DbpoolConnEntry
 	TimestampTz state_since;
 	int64		active_us;		/* time spent serving earlier requests */
 	uint64		queries_served;
+	bool		suspected_leak; /* busy with one request past leak_threshold_ms (leak.c) */
 	Oid			last_role;		/* who ran last_query */
 	Oid			last_error_role;	/* whose request got last_error */
 	char		last_error[DBPOOL_LAST_ERROR_LEN];
@@ -229,6 +233,7 @@ extern void DbpoolReadConsistent(pg_atomic_uint32 *cc, void *dst, const void *sr
 extern bool DbpoolPoolStatsSnapshot(int slot, uint64 pool_id, DbpoolPoolStats *copy);
 extern int	DbpoolConnSnapshot(DbpoolConnEntry **entries);
 extern int	DbpoolSlowSnapshot(DbpoolSlowEntry **entries);
+extern int	DbpoolSlowestFirst(const void *a, const void *b);
 
 /* reset (views.c asks, the worker applies) */
 extern void DbpoolStatsApplyResets(void);

@@ -28,8 +28,8 @@ PG_FUNCTION_INFO_V1(dbpool_reset_stats);
 
 /* The columns of each function's rows, as dbpool--1.0.sql declares them. */
 #define DBPOOL_POOLS_FIXED_COLS		7	/* and one per setting */
-#define DBPOOL_METRICS_COLS			27
-#define DBPOOL_CONNECTIONS_COLS		11
+#define DBPOOL_METRICS_COLS			29
+#define DBPOOL_CONNECTIONS_COLS		14
 #define DBPOOL_SLOW_QUERIES_COLS	8
 
 /*
@@ -230,6 +230,8 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 		put_ms(values, nulls, c++, f->health_latency_ms);
 		values[c] = text_or_null(f->health_error, &nulls[c]);
 		c++;
+		values[c++] = Int32GetDatum(f->leaks_suspected);
+		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_LEAKS_SUSPECTED]);
 		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
@@ -279,21 +281,14 @@ dbpool_connections(PG_FUNCTION_ARGS)
 		c++;
 		values[c] = text_or_null(f.last_error, &nulls[c]);
 		c++;
+		values[c] = text_or_null(f.application_name, &nulls[c]);
+		c++;
+		values[c] = text_or_null(f.client_query, &nulls[c]);
+		c++;
+		values[c++] = BoolGetDatum(f.suspected_leak);
 		put_row(rsinfo, values, nulls, c);
 	}
 	return (Datum) 0;
-}
-
-/* Order slow queries slowest first. */
-static int
-slowest_first(const void *a, const void *b)
-{
-	const DbpoolSlowEntry *x = *(DbpoolSlowEntry *const *) a;
-	const DbpoolSlowEntry *y = *(DbpoolSlowEntry *const *) b;
-
-	if (x->duration_us != y->duration_us)
-		return x->duration_us > y->duration_us ? -1 : 1;
-	return x->seq > y->seq ? -1 : (x->seq < y->seq ? 1 : 0);
 }
 
 /*
@@ -358,7 +353,7 @@ dbpool_slow_queries(PG_FUNCTION_ARGS)
 		keep[nkeep++] = e;
 	}
 	if (by_pool)
-		qsort(keep, nkeep, sizeof(DbpoolSlowEntry *), slowest_first);
+		qsort(keep, nkeep, sizeof(DbpoolSlowEntry *), DbpoolSlowestFirst);
 
 	for (i = 0; i < nkeep && (lim < 0 || i < lim); i++)
 	{

@@ -220,6 +220,9 @@ struct WorkerConn
 								 * (health.c) */
 	TimestampTz health_idle_since;	/* taken idle for a check: since when it was idle (it
 									 * goes back as it was); 0 otherwise */
+	/* leak detection (leak.c) */
+	bool		leak_suspected; /* flagged: busy with one request past leak_threshold_ms */
+	TimestampTz leak_since;		/* ... since then: the request's start */
 };
 
 /* One pool: its settings, connections and waiting requests. */
@@ -265,6 +268,8 @@ struct WorkerPool
 	char	   *last_detail;
 	char	   *last_hint;
 	TimestampTz last_failure_log;	/* connect failures log at most once a minute */
+
+	int			nleaks;			/* connections flagged as suspected leaks (leak.c) */
 
 	bool		cancel_skip_logged; /* a skipped cancel was logged (once per pool) */
 	bool		cancel_abandon_logged;	/* ... an abandoned one */
@@ -370,6 +375,9 @@ extern bool DbpoolHealthConnReady(WorkerConn *conn);
 extern void DbpoolHealthStepDone(WorkerConn *conn);
 extern void DbpoolHealthConnFailed(WorkerConn *conn, const char *message, const char *detail);
 extern void DbpoolHealthRelease(WorkerConn *conn);
+/* leak.c */
+extern void DbpoolLeakTick(WorkerPool *pool, TimestampTz now);
+extern void DbpoolLeakEnded(WorkerConn *conn, const char *how);
 
 /* conn.c: a connection's life */
 extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
@@ -427,6 +435,8 @@ extern void DbpoolStmtFree(StmtCache *cache);
 extern void DbpoolStatsPoolCreated(WorkerPool *pool);
 extern void DbpoolStatsGauges(WorkerPool *pool);
 extern void DbpoolStatsCount(WorkerPool *pool, DbpoolCounter c);
+extern void DbpoolStatsConnCreated(WorkerPool *pool);
+extern void DbpoolStatsLeaks(WorkerPool *pool, int32 n);
 extern void DbpoolStatsAcquired(WorkerChannel *ch);
 extern void DbpoolStatsRequestEnd(WorkerChannel *ch, WorkerConn *conn, const char *sqlstate,
 								  const char *message, bool cancelled, int also);
@@ -434,6 +444,7 @@ extern void DbpoolStatsConnInit(void);
 extern void DbpoolStatsConnOpened(WorkerConn *conn);
 extern void DbpoolStatsConnUpdate(WorkerConn *conn);
 extern void DbpoolStatsConnQuery(WorkerConn *conn, WorkerChannel *ch);
+extern void DbpoolStatsConnLeak(WorkerConn *conn);
 extern void DbpoolStatsConnError(WorkerConn *conn, const char *message, Oid role);
 extern void DbpoolStatsConnClosed(WorkerConn *conn);
 extern void DbpoolSlowLogAdd(WorkerPool *pool, WorkerChannel *ch, TimestampTz ended_at,
