@@ -70,6 +70,12 @@ extern int	DbpoolQueueSizeKb;
 extern int	DbpoolStatementCacheSize;
 extern int	DbpoolSlowQueryLogSize;
 extern bool DbpoolLoadedAtStartup;
+extern int	DbpoolAutoscaleWindowS;
+extern int	DbpoolAutoscaleCooldownS;
+extern double DbpoolAutoscaleUpUtilization;
+extern double DbpoolAutoscaleUpQps;
+extern double DbpoolAutoscaleDownUtilization;
+extern double DbpoolAutoscaleDownQps;
 
 /* ---------- pool settings (settings.c) ---------- */
 
@@ -269,6 +275,7 @@ typedef struct DbpoolShared
 	char	   *conn_entries;	/* max_connections DbpoolConnEntry (stats.c) */
 	Size		conn_entry_stride;
 	struct DbpoolSlowLog *slowlog;	/* the slow-query ring (slowlog.c) */
+	struct DbpoolAlertShared *alerts;	/* the alerts (alerts.c) */
 	DbpoolPoolSlot pools[FLEXIBLE_ARRAY_MEMBER];	/* dbpool.max_pools */
 } DbpoolShared;
 

@@ -6,8 +6,9 @@
  *		deadline, the drop grace of a dropped pool and freeing it, and the
  *		connection attempts no request waits for: retries after the backoff,
  *		min_size, the probes of down and degraded pools, and a failed-over
- *		pool's probes of its primary (failover.c).  Health probes, alert
- *		evaluation and autoscaling hang their ticks here.
+ *		pool's probes of its primary (failover.c), autoscaling (autoscale.c,
+ *		which samples once a second), and the alerts (alerts.c, evaluated once
+ *		a second).  Health probes hang their ticks here too.
  *
  * Every deadline a phase sees in the future is registered with
  * DbpoolWorkerDeadline, so the loop wakes for it.
@@ -133,6 +134,8 @@ free_pool(WorkerPool *pool)
 	LWLockRelease(DbpoolShmem->lock);
 	DbpoolRegistryChanged();
 	dlist_delete(&pool->node);
+	DbpoolResizeForget(pool->name);
+	DbpoolAutoscaleForget(pool);
 	DbpoolConnForgetLookup(&pool->primary);
 	DbpoolConnForgetLookup(&pool->backup);
 	if (pool->primary.conninfo)
@@ -187,6 +190,7 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 	}
 	reconnect(pool);
 	DbpoolFailoverTick(pool, now);
+	DbpoolAutoscaleTick(pool, now);
 	DbpoolPoolPublish(pool);
 }
 
@@ -198,4 +202,5 @@ DbpoolJanitorTick(TimestampTz now)
 
 	dlist_foreach_modify(it, &DbpoolWorkerPools)
 		pool_tick(dlist_container(WorkerPool, node, it.cur), now);
+	DbpoolAlertsTick(now);
 }

@@ -338,6 +338,7 @@ worker_start(void)
 	MemoryContextSwitchTo(DbpoolWorkerContext);
 	DbpoolWorkerChannelsInit();
 	DbpoolStatsConnInit();
+	DbpoolAlertsInit();
 
 	/* a previous worker's pools are gone with it: start empty and read the table */
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
