@@ -56,6 +56,11 @@ query_ok($l, q{SELECT max(max_size) FROM dbpool_pools WHERE name = 'a'}, '4', 'n
 ok(poll_until($l, q{SELECT max_size FROM dbpool_pools WHERE name = 'a'}, '1'),
 	'idle, max_size shrinks to max_size_floor');
 query_ok($l, q{SELECT max_size FROM dbpool_config WHERE name = 'a'}, '1', 'written too');
+# It stays there: more than a window and a cooldown later it has not gone below.
+my $t0 = $l->safe_psql('postgres', q{SELECT now()});
+ok(poll_until($l, qq{SELECT clock_timestamp() > '$t0'::timestamptz + interval '5 s'}),
+	'five seconds pass');
+query_ok($l, q{SELECT max_size FROM dbpool_pools WHERE name = 'a'}, '1', 'max_size stays at the floor');
 query_ok($l, q{SELECT max_size FROM dbpool_pools WHERE name = 'fixed'}, '3',
 	'a pool with autoscale off keeps its size');
 
