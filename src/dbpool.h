@@ -16,10 +16,11 @@
  *	  replicated changes on a hot standby), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
  *	  (whose threads run libpq only), resolve.c (whose threads run
- *	  getaddrinfo only), janitor.c, and the writing halves of
- *	  stats.c and slowlog.c;
- *	- both: settings.c, conninfo.c, proto.c, text.c, and the reading halves of
- *	  stats.c and slowlog.c.
+ *	  getaddrinfo only), janitor.c, autoscale.c, resize.c, worker_sql.c, and
+ *	  the writing halves of stats.c, slowlog.c and alerts.c (declared in
+ *	  alerts.h) and the reading half of alert_rules.c;
+ *	- both: settings.c, conninfo.c, proto.c, text.c, the reading halves of
+ *	  stats.c, slowlog.c and alerts.c, and alert_rules.c's check trigger.
  */
 #ifndef DBPOOL_H
 #define DBPOOL_H

@@ -19,7 +19,8 @@
  * It never waits on the network (non-blocking libpq; cancels and host name
  * lookups in threads, cancel.c and resolve.c) and never raises an ERROR for
  * a remote or client problem.  Its blocking work is the short read of the
- * configuration table (config.c).
+ * configuration table (config.c) and its short write transactions (NOTIFY,
+ * max_size changes: worker_sql.c).
  */
 #include "postgres.h"
 
