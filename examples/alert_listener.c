@@ -114,6 +114,7 @@ serve(PGconn *conn, const char *command)
 	return PQstatus(conn) == CONNECTION_OK;
 }
 
+/* alert_listener CONNINFO COMMAND: listen, forward, reconnect, until a signal. */
 int
 main(int argc, char **argv)
 {

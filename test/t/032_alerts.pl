@@ -119,7 +119,7 @@ sub alert_state
 
 # --- HighConnectionUtilization: a long query on a pool of one connection ----------------------
 $l->safe_psql('postgres', "SELECT dbpool_create_pool('util', $ci, min_size => 0, max_size => 1)");
-my $bg = start_bg($l, q{SELECT * FROM dbpool_query('util', 'SELECT pg_sleep(4)::text') AS t(x text)});
+my $bg = start_bg($l, q{SELECT * FROM dbpool_query('util', 'SELECT pg_sleep(6)::text') AS t(x text)});
 ok(poll_until($l, alert_state('HighConnectionUtilization', 'util'), 'firing'),
 	'HighConnectionUtilization fires while the only connection is busy');
 query_ok($l, q{SELECT value, threshold, severity, metric, comparison, fired_at >= since
@@ -160,7 +160,7 @@ ok(poll_until($l, alert_state('HighErrorRate', 'err'), 'resolved'),
 $l->safe_psql('postgres', "SELECT dbpool_create_pool('exh', $ci, min_size => 0, max_size => 4,"
 	  . " max_size_limit => 5, acquire_timeout_ms => 30000)");
 my @bgs = map {
-	start_bg($l, q{SELECT * FROM dbpool_query('exh', 'SELECT pg_sleep(3)::text') AS t(x text)})
+	start_bg($l, q{SELECT * FROM dbpool_query('exh', 'SELECT pg_sleep(5)::text') AS t(x text)})
 } 1 .. 5;
 ok(poll_until($l, alert_state('ConnectionExhaustion', 'exh'), 'firing'),
 	'ConnectionExhaustion fires while a request waits');
@@ -178,11 +178,11 @@ $l->safe_psql('postgres',
 	"SELECT dbpool_create_pool('down', $dead, min_size => 1, retry_attempts => 1)");
 ok(poll_until($l, alert_state('PoolDown', 'down'), 'firing'), 'PoolDown fires at once');
 $l->safe_psql('postgres', q{UPDATE dbpool_alert_rules SET enabled = false WHERE name = 'PoolDown'});
-ok(poll_until($l, alert_state('PoolDown', 'down'), 'resolved', 5),
+ok(poll_until($l, alert_state('PoolDown', 'down'), 'resolved', 10),
 	'disabling the rule resolves its alert within seconds');
 $l->safe_psql('postgres', q{UPDATE dbpool_alert_rules SET enabled = true WHERE name = 'PoolDown'});
 ok(poll_until($l, q{SELECT count(*) FROM dbpool_alerts WHERE rule = 'PoolDown' AND state = 'firing'},
-	'1', 5), 'enabling it again makes it fire again');
+	'1', 10), 'enabling it again makes it fire again');
 $l->safe_psql('postgres', "SELECT dbpool_alter_pool('down', jsonb_build_object('conninfo', ${ci}::text))");
 ok(poll_until($l, q{SELECT count(*) FROM dbpool_alerts WHERE rule = 'PoolDown'
 	AND state = 'resolved'}, '2'), 'and resolves when the pool is reachable again');
