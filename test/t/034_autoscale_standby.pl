@@ -1,7 +1,8 @@
 # Autoscaling on a hot standby (issue 14): the standby's worker resizes its own pool under
 # load, keeps the new max_size in memory (nothing is written, the replicated table keeps its
 # value) and logs it; a configuration re-read caused by another change replicated from the
-# primary does not undo it; a change of that pool's max_size on the primary wins.
+# primary does not undo it; a change of that pool's max_size on the primary wins.  An alert
+# that fires on the standby is logged, and no NOTIFY is attempted there.
 #
 # P is the primary, S its streaming standby, F the foreign server.  Autoscaling is made quick
 # on S only (its own postgresql.auto.conf), and can only grow there.
@@ -74,5 +75,18 @@ like(slurp_file($s->logfile),
 	qr/dbpool: pool "sa": max_size 3 from the configuration replaces the size 4 this standby chose/,
 	'and that is logged');
 query_ok($p, q{SELECT max_size FROM dbpool_pools WHERE name = 'sa'}, '3', 'P was never resized');
+
+# --- alerts on the standby are logged, nothing is sent --------------------------------------------
+my $dead = quote_literal('host=' . $f->host . ' port=25849 dbname=postgres');
+$p->safe_psql('postgres', qq{
+	UPDATE dbpool_alert_rules SET enabled = true, pool = 'dead' WHERE name = 'PoolDown';
+	SELECT dbpool_create_pool('dead', $dead, min_size => 1, retry_attempts => 1);
+});
+$p->wait_for_catchup($s);
+ok(poll_until($s, q{SELECT state FROM dbpool_alerts WHERE rule = 'PoolDown' AND pool = 'dead'},
+	'firing'), 'PoolDown fires on the standby');
+my $slog = slurp_file($s->logfile);
+like($slog, qr/LOG:  dbpool: alert "PoolDown" is firing for pool "dead"/, 'and is logged there');
+unlike($slog, qr/could not send NOTIFY/, 'no NOTIFY is attempted in recovery');
 
 done_testing();
