@@ -38,7 +38,12 @@ OBJS = \
 	src/detail.o \
 	src/tune.o \
 	src/health_sql.o \
-	src/diagnose.o
+	src/diagnose.o \
+	src/alert_rules.o \
+	src/alerts.o \
+	src/autoscale.o \
+	src/resize.o \
+	src/worker_sql.o
 
 EXTENSION = dbpool
 DATA = dbpool--1.0.sql
@@ -63,4 +68,4 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS tracks no header dependencies: a changed struct must rebuild every object.
-$(OBJS): src/dbpool.h src/worker.h src/stats.h src/proto.h src/figures.h
+$(OBJS): src/dbpool.h src/worker.h src/stats.h src/proto.h src/figures.h src/alerts.h

@@ -63,6 +63,73 @@ CREATE TRIGGER dbpool_grant_changed
 SELECT pg_catalog.pg_extension_config_dump('dbpool_config', '');
 SELECT pg_catalog.pg_extension_config_dump('dbpool_grant', '');
 
+-- Alert rules: evaluated by the worker every second (src/alerts.c), edited with plain SQL.
+-- Superusers only; kept by pg_dump.  A rule is checked when written (dbpool_alert_rule_check,
+-- src/alert_rules.c) and reaches the worker when the transaction commits (the same trigger as
+-- dbpool_config's).  seeded is true only on a rule as this script inserted it: any UPDATE
+-- clears it, and an INSERT of the same name replaces such a pristine row (dbpool_alert_rule_seed),
+-- so that a restore of a dump (which holds the seeded rules too) and a user's own rule of a
+-- seeded name both work.
+CREATE TABLE dbpool_alert_rules (
+    name        text PRIMARY KEY,
+    metric      text NOT NULL,
+    comparison  text NOT NULL,
+    threshold   float8 NOT NULL,
+    for_seconds int NOT NULL DEFAULT 0,
+    severity    text NOT NULL DEFAULT 'warning',
+    pool        text,
+    action      text NOT NULL DEFAULT 'none',
+    enabled     boolean NOT NULL DEFAULT true,
+    seeded      boolean NOT NULL DEFAULT false
+);
+
+REVOKE ALL ON dbpool_alert_rules FROM PUBLIC;
+
+CREATE FUNCTION dbpool_alert_rule_check()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'dbpool_alert_rule_check'
+LANGUAGE C;
+
+CREATE FUNCTION dbpool_alert_rule_seed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        NEW.seeded := false;
+    ELSE
+        EXECUTE format('DELETE FROM %I.%I WHERE name OPERATOR(pg_catalog.=) $1 AND seeded',
+                       TG_TABLE_SCHEMA, TG_TABLE_NAME) USING NEW.name;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Named so that it runs before dbpool_alert_rules_check (triggers fire in name order).
+CREATE TRIGGER dbpool_alert_rules_1_seed
+    BEFORE INSERT OR UPDATE ON dbpool_alert_rules
+    FOR EACH ROW EXECUTE FUNCTION dbpool_alert_rule_seed();
+
+CREATE TRIGGER dbpool_alert_rules_2_check
+    BEFORE INSERT OR UPDATE ON dbpool_alert_rules
+    FOR EACH ROW EXECUTE FUNCTION dbpool_alert_rule_check();
+
+CREATE TRIGGER dbpool_alert_rules_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dbpool_alert_rules
+    FOR EACH STATEMENT EXECUTE FUNCTION dbpool_config_trigger();
+
+-- The operations guide's rules, and two more.
+INSERT INTO dbpool_alert_rules
+    (name, metric, comparison, threshold, for_seconds, severity, action, seeded) VALUES
+    ('HighConnectionUtilization', 'utilization', '>', 0.8, 300, 'warning', 'none', true),
+    ('HighQueryLatency', 'latency_p99_ms', '>', 1000, 120, 'critical', 'scale_up', true),
+    ('HighErrorRate', 'error_rate', '>', 0.05, 180, 'critical', 'none', true),
+    ('ConnectionExhaustion', 'waiting', '>', 0, 30, 'critical', 'scale_up', true),
+    ('PoolDown', 'down', '=', 1, 0, 'critical', 'none', true);
+
+SELECT pg_catalog.pg_extension_config_dump('dbpool_alert_rules', '');
+
 -- Administration (only in dbpool.database).  Not STRICT: NULLs get a clear error.
 CREATE FUNCTION dbpool_create_pool(
     name text,
@@ -298,3 +365,27 @@ CREATE FUNCTION dbpool_tune_timeouts(pool text, apply boolean DEFAULT false)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'dbpool_tune_timeouts'
 LANGUAGE C VOLATILE;
+
+-- Alerts: the rules' pending and firing alerts and the latest resolved ones (src/alerts.c),
+-- readable by everyone.
+CREATE FUNCTION dbpool_alerts(
+    OUT rule text,
+    OUT pool text,
+    OUT state text,
+    OUT since timestamptz,
+    OUT value float8,
+    OUT threshold float8,
+    OUT severity text,
+    OUT metric text,
+    OUT comparison text,
+    OUT for_seconds int,
+    OUT fired_at timestamptz,
+    OUT resolved_at timestamptz,
+    OUT action text,
+    OUT last_action_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'dbpool_alerts'
+LANGUAGE C VOLATILE;
+
+CREATE VIEW dbpool_alerts AS SELECT * FROM dbpool_alerts();
+GRANT SELECT ON dbpool_alerts TO PUBLIC;

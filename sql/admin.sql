@@ -122,9 +122,9 @@ UPDATE dbpool_config SET conninfo = (SELECT conninfo FROM fconn) WHERE name = 'b
 SELECT * FROM dbpool_query('bad', 'SELECT 1') AS t(x int);
 SELECT dbpool_drop_pool('bad');
 
--- the configuration table is superusers' only and dumped
+-- the configuration tables are superusers' only and dumped
 SELECT c.relname, pg_catalog.has_table_privilege('public', c.oid, 'SELECT') AS public_can_read,
        c.oid = ANY (e.extconfig) AS dumped
   FROM pg_class c, pg_extension e
- WHERE e.extname = 'dbpool' AND c.relname IN ('dbpool_config', 'dbpool_grant')
+ WHERE e.extname = 'dbpool' AND c.relname IN ('dbpool_config', 'dbpool_grant', 'dbpool_alert_rules')
  ORDER BY 1;

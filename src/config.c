@@ -3,6 +3,7 @@
  *		The worker's side of the configuration: when to read the tables
  *		dbpool_config and dbpool_grant, reading them, and reconciling the live
  *		pools with what they say (create, apply settings and conninfo, drop).
+ *		The same read takes the enabled alert rules (alert_rules.c).
  *		The backend's side (asking for a read and waiting for it) is sync.c's;
  *		the writers are admin.c's functions and anything that edits the tables.
  *
@@ -274,6 +275,7 @@ reconcile_pools(List *configs)
 		PoolConfig *cfg = lfirst(lc);
 		WorkerPool *pool = DbpoolPoolFind(cfg->name);
 
+		DbpoolResizeOverride(cfg->name, &cfg->settings);	/* a standby's own sizing */
 		if (pool == NULL)
 			pool = create_pool(cfg);
 		if (pool != NULL)
@@ -374,13 +376,16 @@ config_query(const char *schema)
  * the read failed; *ext_missing tells whether the extension is absent.
  */
 static bool
-read_config(MemoryContext cxt, List **configs, bool *ext_missing)
+read_config(MemoryContext cxt, List **configs, bool *ext_missing, DbpoolAlertRule **rules,
+			int *nrules)
 {
 	MemoryContext old = CurrentMemoryContext;
 	volatile bool ok = true;
 
 	*configs = NIL;
 	*ext_missing = false;
+	*rules = NULL;
+	*nrules = 0;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PG_TRY();
@@ -412,6 +417,7 @@ read_config(MemoryContext cxt, List **configs, bool *ext_missing)
 								   config_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc));
 				MemoryContextSwitchTo(spi);
 			}
+			*rules = DbpoolAlertRulesRead(schema, cxt, nrules);
 		}
 		SPI_finish();
 		PopActiveSnapshot();
@@ -452,9 +458,11 @@ reload(void)
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	List	   *configs;
 	bool		ext_missing;
+	DbpoolAlertRule *rules;
+	int			nrules;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (!read_config(cxt, &configs, &ext_missing))
+	if (!read_config(cxt, &configs, &ext_missing, &rules, &nrules))
 	{
 		retry_ms = retry_ms == 0 ? RETRY_MIN_MS : Min(retry_ms * 2, RETRY_MAX_MS);
 		retry_at = TimestampTzPlusMilliseconds(now, retry_ms);
@@ -468,6 +476,7 @@ reload(void)
 				(errmsg("dbpool: waiting for CREATE EXTENSION dbpool in database \"%s\"",
 						DbpoolDatabase)));
 	reconcile_pools(configs);
+	DbpoolAlertRulesSet(rules, nrules);
 	replay_changed = false;
 	retry_at = 0;
 	retry_ms = 0;

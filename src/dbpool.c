@@ -27,6 +27,12 @@ double		DbpoolDiagnoseErrorRate = 0.05;
 double		DbpoolDiagnoseUtilization = 0.9;
 double		DbpoolDiagnoseAcquireP99Ms = 100;
 int			DbpoolDiagnoseReconnectsPerMinute = 10;
+int			DbpoolAutoscaleWindowS = 60;
+int			DbpoolAutoscaleCooldownS = 60;
+double		DbpoolAutoscaleUpUtilization = 0.8;
+double		DbpoolAutoscaleUpQps = 1000;
+double		DbpoolAutoscaleDownUtilization = 0.3;
+double		DbpoolAutoscaleDownQps = 100;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -119,6 +125,32 @@ _PG_init(void)
 							&DbpoolSlowQueryLogSize, 1000, 0, 100000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	define_diagnose_gucs();
+	DefineCustomIntVariable("dbpool.autoscale_window_s",
+							"Seconds of utilization and QPS that autoscaling looks at.",
+							"A pool with autoscale on is resized from its mean utilization and "
+							"its queries per second over this window.",
+							&DbpoolAutoscaleWindowS, 60, 1, 60,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.autoscale_cooldown_s",
+							"Seconds after an autoscaling change before the next one.",
+							NULL, &DbpoolAutoscaleCooldownS, 60, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_up_utilization",
+							 "Autoscaling grows a pool whose mean utilization is above this ...",
+							 NULL, &DbpoolAutoscaleUpUtilization, 0.8, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_up_qps",
+							 "... and whose queries per second are above this.",
+							 NULL, &DbpoolAutoscaleUpQps, 1000, 0.0, 1e9,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_down_utilization",
+							 "Autoscaling shrinks a pool whose mean utilization is below this ...",
+							 NULL, &DbpoolAutoscaleDownUtilization, 0.3, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_down_qps",
+							 "... and whose queries per second are below this.",
+							 NULL, &DbpoolAutoscaleDownQps, 100, 0.0, 1e9,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dbpool");
 	DbpoolHistInit();
 

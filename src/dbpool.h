@@ -11,16 +11,18 @@
  *	- client backends: query.c and channel.c (a query's backend half),
  *	  sync.c (waits on the worker), admin.c (administration), figures.c
  *	  (derived figures), views.c and detail.c (their SQL renderers),
- *	  health_sql.c (dbpool_health);
+ *	  health_sql.c (dbpool_health), diagnose.c, client_status.c, tune.c;
  *	- the dbpool worker (declared in worker.h): worker.c (start-up, loop),
  *	  config.c (reading the configuration, reconciling), standby.c (noticing
  *	  replicated changes on a hot standby), channel_worker.c,
  *	  pool.c, conn.c, conn_query.c, conn_reset.c, stmtcache.c, cancel.c
  *	  (whose threads run libpq only), resolve.c (whose threads run
- *	  getaddrinfo only), janitor.c, health.c (health checks), and the writing halves of
- *	  stats.c and slowlog.c;
- *	- both: settings.c, conninfo.c, proto.c, text.c, and the reading halves of
- *	  stats.c and slowlog.c.
+ *	  getaddrinfo only), janitor.c, health.c (health checks), leak.c,
+ *	  autoscale.c, resize.c, worker_sql.c, and the writing halves of
+ *	  stats.c, slowlog.c and alerts.c (declared in alerts.h) and the reading
+ *	  half of alert_rules.c;
+ *	- both: settings.c, conninfo.c, proto.c, text.c, the reading halves of
+ *	  stats.c, slowlog.c and alerts.c, and alert_rules.c's check trigger.
  */
 #ifndef DBPOOL_H
 #define DBPOOL_H
@@ -77,6 +79,12 @@ extern double DbpoolDiagnoseErrorRate;
 extern double DbpoolDiagnoseUtilization;
 extern double DbpoolDiagnoseAcquireP99Ms;
 extern int	DbpoolDiagnoseReconnectsPerMinute;
+extern int	DbpoolAutoscaleWindowS;
+extern int	DbpoolAutoscaleCooldownS;
+extern double DbpoolAutoscaleUpUtilization;
+extern double DbpoolAutoscaleUpQps;
+extern double DbpoolAutoscaleDownUtilization;
+extern double DbpoolAutoscaleDownQps;
 
 /* ---------- pool settings (settings.c) ---------- */
 
@@ -290,6 +298,7 @@ typedef struct DbpoolShared
 	char	   *conn_entries;	/* max_connections DbpoolConnEntry (stats.c) */
 	Size		conn_entry_stride;
 	struct DbpoolSlowLog *slowlog;	/* the slow-query ring (slowlog.c) */
+	struct DbpoolAlertShared *alerts;	/* the alerts (alerts.c) */
 	DbpoolPoolSlot pools[FLEXIBLE_ARRAY_MEMBER];	/* dbpool.max_pools */
 } DbpoolShared;
 

@@ -7,8 +7,9 @@
  *		connection attempts no request waits for: retries after the backoff,
  *		min_size, the probes of down and degraded pools, a failed-over
  *		pool's probes of its primary (failover.c), the health checks'
- *		deadlines and background probes (health.c), and leak detection
- *		(leak.c).  Alert evaluation and autoscaling hang their ticks here.
+ *		deadlines and background probes (health.c), leak detection
+ *		(leak.c), autoscaling (autoscale.c, which samples once a second),
+ *		and the alerts (alerts.c, evaluated once a second).
  *
  * Every deadline a phase sees in the future is registered with
  * DbpoolWorkerDeadline, so the loop wakes for it.
@@ -134,6 +135,8 @@ free_pool(WorkerPool *pool)
 	LWLockRelease(DbpoolShmem->lock);
 	DbpoolRegistryChanged();
 	dlist_delete(&pool->node);
+	DbpoolResizeForget(pool->name);
+	DbpoolAutoscaleForget(pool);
 	DbpoolConnForgetLookup(&pool->primary);
 	DbpoolConnForgetLookup(&pool->backup);
 	if (pool->primary.conninfo)
@@ -190,6 +193,7 @@ pool_tick(WorkerPool *pool, TimestampTz now)
 	reconnect(pool);
 	DbpoolFailoverTick(pool, now);
 	DbpoolHealthTick(pool, now);
+	DbpoolAutoscaleTick(pool, now);
 	DbpoolPoolPublish(pool);
 }
 
@@ -201,4 +205,5 @@ DbpoolJanitorTick(TimestampTz now)
 
 	dlist_foreach_modify(it, &DbpoolWorkerPools)
 		pool_tick(dlist_container(WorkerPool, node, it.cur), now);
+	DbpoolAlertsTick(now);
 }

@@ -11,6 +11,7 @@
  *	DBPOOL_REQUEST_QUEUE_SIZE bytes and a response shm_mq of dbpool.queue_size
  *	the statistics, connection table and slow-query ring (stats.c, whose
  *	header states their rules)
+ *	the alerts (alerts.c, whose header states their rules)
  *
  * Locking and ownership rules:
  *	- The pool registry (pools[]) is written only by the worker, under
@@ -58,6 +59,7 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 
+#include "alerts.h"
 #include "dbpool.h"
 #include "stats.h"
 
@@ -102,6 +104,7 @@ dbpool_shmem_size(void)
 	size = add_size(size, MAXALIGN(mul_size(sizeof(pg_atomic_uint64), pending_words())));
 	size = add_size(size, mul_size(channel_stride(), MaxBackends));
 	size = add_size(size, DbpoolStatsShmemSize());
+	size = add_size(size, DbpoolAlertsShmemSize());
 	return size;
 }
 
@@ -153,6 +156,8 @@ DbpoolShmemStartup(void)
 	DbpoolShmem->channel_stride = channel_stride();
 	DbpoolShmem->nchannels = MaxBackends;
 	DbpoolStatsShmemInit(DbpoolShmem->channels + channel_stride() * MaxBackends, found);
+	DbpoolAlertsShmemInit(DbpoolShmem->channels + channel_stride() * MaxBackends +
+						  DbpoolStatsShmemSize(), found);
 	if (!found)
 	{
 		for (i = 0; i < pending_words(); i++)

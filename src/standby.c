@@ -10,10 +10,10 @@
  *	   have become visible since then, so nothing changed (free: one
  *	   spinlocked read of the replay position).
  *	2. Has the fingerprint of the configuration tables changed?  It hashes
- *	   the OIDs of dbpool_config and dbpool_grant and, for every row version
+ *	   the OIDs of dbpool_config, dbpool_grant and dbpool_alert_rules and, for every row version
  *	   visible to a fresh snapshot, its TID and raw xmin: an INSERT, UPDATE or
  *	   DELETE there changes the set of visible versions, a DROP or CREATE
- *	   EXTENSION the OIDs.  This is a heap scan of two small tables, without
+ *	   EXTENSION the OIDs.  This is a heap scan of three small tables, without
  *	   SPI, in a read-only transaction with the tables' locks taken
  *	   conditionally and lock_timeout 50 ms for the catalogs' (the startup
  *	   process may hold them while it replays), so the worker never waits
@@ -151,6 +151,8 @@ config_fingerprint(uint64 *fp)
 		ok = fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_config", nsp) :
 							   InvalidOid, snap, &h) &&
 			fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_grant", nsp) :
+							  InvalidOid, snap, &h) &&
+			fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_alert_rules", nsp) :
 							  InvalidOid, snap, &h);
 		UnregisterSnapshot(snap);
 		CommitTransactionCommand();

@@ -1,7 +1,8 @@
 /*
  * views.c
  *		The functions behind dbpool's views (dbpool_pools, dbpool_metrics,
- *		dbpool_connections, dbpool_slow_queries) and dbpool_reset_stats().
+ *		dbpool_connections, dbpool_slow_queries, dbpool_alerts) and
+ *		dbpool_reset_stats().
  *		They read copies: the registry under its shared lock, the statistics
  *		through stats.c's consistent snapshots; they render the figures
  *		figures.c derives from those.
@@ -16,6 +17,7 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "alerts.h"
 #include "dbpool.h"
 #include "figures.h"
 #include "stats.h"
@@ -25,12 +27,14 @@ PG_FUNCTION_INFO_V1(dbpool_metrics);
 PG_FUNCTION_INFO_V1(dbpool_connections);
 PG_FUNCTION_INFO_V1(dbpool_slow_queries);
 PG_FUNCTION_INFO_V1(dbpool_reset_stats);
+PG_FUNCTION_INFO_V1(dbpool_alerts);
 
 /* The columns of each function's rows, as dbpool--1.0.sql declares them. */
 #define DBPOOL_POOLS_FIXED_COLS		7	/* and one per setting */
 #define DBPOOL_METRICS_COLS			29
 #define DBPOOL_CONNECTIONS_COLS		14
 #define DBPOOL_SLOW_QUERIES_COLS	8
+#define DBPOOL_ALERTS_COLS			14
 
 /*
  * The registry slot of the live pool of that name; with dropping, of a pool
@@ -428,4 +432,67 @@ dbpool_reset_stats(PG_FUNCTION_ARGS)
 				(errmsg("the dbpool worker has not reset the statistics yet"),
 				 errdetail("It will when it next wakes up.")));
 	PG_RETURN_VOID();
+}
+
+/* A timestamptz Datum, or NULL for 0. */
+static Datum
+time_or_null(TimestampTz t, bool *isnull)
+{
+	*isnull = (t == 0);
+	return TimestampTzGetDatum(t);
+}
+
+/* One row of dbpool_alerts.  Its texts are ASCII names (alerts.h): valid in any encoding. */
+static void
+put_alert(ReturnSetInfo *rsinfo, const DbpoolAlert *a)
+{
+	Datum		values[DBPOOL_ALERTS_COLS];
+	bool		nulls[DBPOOL_ALERTS_COLS] = {0};
+	int			c = 0;
+
+	values[c++] = CStringGetTextDatum(a->rule);
+	values[c++] = CStringGetTextDatum(a->pool);
+	values[c++] = CStringGetTextDatum(DbpoolAlertStateName(a->state));
+	values[c++] = TimestampTzGetDatum(a->since);
+	values[c++] = Float8GetDatum(a->value);
+	values[c++] = Float8GetDatum(a->threshold);
+	values[c++] = CStringGetTextDatum(DbpoolAlertSeverityNames[a->severity]);
+	values[c++] = CStringGetTextDatum(DbpoolAlertMetricNames[a->metric]);
+	values[c++] = CStringGetTextDatum(DbpoolAlertComparisonNames[a->comparison]);
+	values[c++] = Int32GetDatum(a->for_seconds);
+	values[c] = time_or_null(a->fired_at, &nulls[c]);
+	c++;
+	values[c] = time_or_null(a->resolved_at, &nulls[c]);
+	c++;
+	values[c++] = CStringGetTextDatum(DbpoolAlertActionNames[a->action]);
+	values[c] = time_or_null(a->last_action_at, &nulls[c]);
+	c++;
+	put_row(rsinfo, values, nulls, c);
+}
+
+/*
+ * dbpool_alerts(): the pending and firing alerts of the last evaluation, then
+ * the resolved ones kept, the latest first.
+ */
+Datum
+dbpool_alerts(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	DbpoolAlertShared *copy;
+	uint64		i,
+				first;
+
+	DbpoolCheckLoaded();
+	InitMaterializedSRF(fcinfo, 0);
+	if (rsinfo->setDesc->natts != DBPOOL_ALERTS_COLS)
+		elog(ERROR, "incorrect number of output arguments");
+	copy = palloc(sizeof(DbpoolAlertShared));
+	DbpoolAlertsSnapshot(copy);
+	for (i = 0; i < (uint64) copy->nlive && i < DBPOOL_MAX_ALERTS; i++)
+		put_alert(rsinfo, &copy->live[i]);
+	first = copy->nresolved > DBPOOL_ALERT_HISTORY ? copy->nresolved - DBPOOL_ALERT_HISTORY : 0;
+	for (i = copy->nresolved; i > first; i--)
+		put_alert(rsinfo, &copy->resolved[(i - 1) % DBPOOL_ALERT_HISTORY]);
+	pfree(copy);
+	return (Datum) 0;
 }

@@ -21,7 +21,8 @@
  * It never waits on the network (non-blocking libpq; cancels and host name
  * lookups in threads, cancel.c and resolve.c) and never raises an ERROR for
  * a remote or client problem.  Its blocking work is the short read of the
- * configuration table (config.c).
+ * configuration table (config.c) and its short write transactions (NOTIFY,
+ * max_size changes: worker_sql.c).
  */
 #include "postgres.h"
 
@@ -340,6 +341,7 @@ worker_start(void)
 	MemoryContextSwitchTo(DbpoolWorkerContext);
 	DbpoolWorkerChannelsInit();
 	DbpoolStatsConnInit();
+	DbpoolAlertsInit();
 
 	/* a previous worker's pools are gone with it: start empty and read the table */
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);

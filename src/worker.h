@@ -13,6 +13,7 @@
 #include "libpq-fe.h"
 #include "nodes/pg_list.h"
 
+#include "alerts.h"
 #include "dbpool.h"
 #include "proto.h"
 #include "stats.h"
@@ -298,6 +299,7 @@ struct WorkerPool
 	uint64		health_seq;		/* the last request of health_requested a check covers */
 	TimestampTz health_last;	/* when the latest check ended (or the pool was created) */
 	DbpoolHealthResult last_probe;	/* at 0: no background probe yet */
+	struct DbpoolAutoscale *autoscale;	/* autoscale.c's samples; NULL until used */
 };
 
 /* worker.c */
@@ -378,6 +380,22 @@ extern void DbpoolHealthRelease(WorkerConn *conn);
 /* leak.c */
 extern void DbpoolLeakTick(WorkerPool *pool, TimestampTz now);
 extern void DbpoolLeakEnded(WorkerConn *conn, const char *how);
+/* alert_rules.c (the worker's read), alerts.c (evaluation), autoscale.c */
+extern DbpoolAlertRule *DbpoolAlertRulesRead(const char *schema, MemoryContext cxt, int *n);
+extern void DbpoolAlertRulesSet(const DbpoolAlertRule *r, int n);
+extern const DbpoolAlertRule *DbpoolAlertRules(int *n);
+extern void DbpoolAlertsInit(void);
+extern void DbpoolAlertsTick(TimestampTz now);
+extern void DbpoolAutoscaleTick(WorkerPool *pool, TimestampTz now);
+extern void DbpoolAutoscaleForget(WorkerPool *pool);
+
+/* resize.c: the worker's own changes of max_size; worker_sql.c: its write transactions */
+extern int	DbpoolScaleUpSize(const DbpoolSettings *s);
+extern bool DbpoolResizePool(WorkerPool *pool, int new_max, const char *why);
+extern void DbpoolResizeOverride(const char *name, DbpoolSettings *s);
+extern void DbpoolResizeForget(const char *name);
+extern bool DbpoolWorkerNotify(const char *channel, const char *payload);
+extern bool DbpoolWorkerWriteMaxSize(const char *pool, int old_max, int new_max);
 
 /* conn.c: a connection's life */
 extern WorkerConn *DbpoolConnOpen(WorkerPool *pool);
