@@ -32,7 +32,9 @@ OBJS = \
 	src/slowlog.o \
 	src/figures.o \
 	src/views.o \
-	src/detail.o
+	src/detail.o \
+	src/prometheus.o \
+	src/metrics_http.o
 
 EXTENSION = dbpool
 DATA = dbpool--1.0.sql

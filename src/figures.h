@@ -57,6 +57,7 @@ typedef struct DbpoolPoolFigures
 {
 	char		name[DBPOOL_NAME_LEN];
 	DbpoolPoolState state;
+	bool		on_backup;		/* serving from its backup target */
 	TimestampTz now;			/* when they were read */
 	TimestampTz stats_reset;	/* 0: the worker has not initialized them yet */
 
@@ -121,6 +122,20 @@ extern bool DbpoolMaySeeText(Oid role);
 extern const char *DbpoolShownText(const char *utf8, Oid role);
 extern const char *DbpoolConnStateName(DbpoolConnShownState state);
 extern const char *DbpoolPoolStateName(DbpoolPoolState state);
+
+/* the endpoint's texts (prometheus.c), for metrics_http.c and dbpool_prometheus() */
+typedef enum DbpoolHealthStatus
+{
+	DBPOOL_HEALTHY,
+	DBPOOL_DEGRADED,
+	DBPOOL_UNHEALTHY
+} DbpoolHealthStatus;
+
+extern bool DbpoolPromPoolUp(const DbpoolPoolFigures *f);
+extern DbpoolPoolFigures *DbpoolPromReadPools(int *npools);
+extern void DbpoolPrometheusRender(StringInfo buf, const char *prefix);
+extern DbpoolHealthStatus DbpoolHealthSummary(StringInfo buf);
+extern const char *DbpoolHealthStatusName(DbpoolHealthStatus status);
 
 /* helpers of the SQL functions (views.c) */
 extern DbpoolPoolSlot *DbpoolFindSlot(DbpoolPoolSlot *slots, int n, const char *name,
