@@ -387,13 +387,16 @@ handle_request(Client *c, int hlen)
 		respond_error(c, head, 404, "Not Found", NULL);
 }
 
-/* The end of the headers in what was read: the length up to the blank line, or 0. */
+/*
+ * The end of the headers in what was read: the length up to the blank line,
+ * or 0.  The bytes before from (already searched) are not searched again.
+ */
 static int
-headers_end(const Client *c)
+headers_end(const Client *c, int from)
 {
 	int			i;
 
-	for (i = 0; i < c->inlen; i++)
+	for (i = Max(from - 3, 0); i < c->inlen; i++)
 		if (c->in[i] == '\n' &&
 			((i >= 1 && c->in[i - 1] == '\n') ||
 			 (i >= 2 && c->in[i - 1] == '\r' && c->in[i - 2] == '\n')))
@@ -429,7 +432,7 @@ client_read(Client *c)
 		return;
 	}
 	c->inlen += n;
-	hlen = headers_end(c);
+	hlen = headers_end(c, c->inlen - n);
 	if (hlen == 0 && c->inlen < MAX_REQUEST)
 		return;
 	/* the answer is built in scratch memory, then copied (respond) */
