@@ -9,6 +9,7 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use DbpoolTest;
+use IO::Select;
 use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -202,13 +203,17 @@ my $took = time() - $t0;
 is($r->{status}, 200, 'with 200 idle connections open, a slow one, garbage and an oversized one: /metrics answers');
 cmp_ok($took, '<', 1, 'within a second');
 query_ok($l, q{SELECT * FROM dbpool_query('p', 'SELECT 42') AS t(x int)}, '42', 'a query through the pool works');
-# the slow client is cut off at its deadline (5 s): it reads EOF well before the test's timeout
+close $_ for @idle, $slow, $big;
+is(http_get($mport, '/metrics')->{status}, 200, 'after all that: /metrics answers');
+
+# a slowloris client alone is cut off at its deadline (5 s): it reads EOF well before 30 s
+$slow = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $mport, Proto => 'tcp');
 my $sel = IO::Select->new($slow);
 my $eof = 0;
 my $end = time() + 30;
 while (time() < $end)
 {
-	syswrite($slow, 'E');
+	syswrite($slow, 'G');
 	if ($sel->can_read(0.5))
 	{
 		my $n = sysread($slow, my $x, 100);
@@ -216,8 +221,7 @@ while (time() < $end)
 	}
 }
 ok($eof, 'a slowloris client is disconnected at its deadline');
-close $_ for @idle, $slow, $big;
-is(http_get($mport, '/metrics')->{status}, 200, 'after all that: /metrics answers');
+close $slow;
 
 # --- it comes back -----------------------------------------------------------------------------
 kill 'TERM', $mpids[0];
