@@ -195,6 +195,7 @@ my $slow = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $mport, Pr
 syswrite($slow, 'G');
 # garbage and an oversized stream
 my $garbage = http_request($mport, join('', map { chr(int(rand(256))) } 1 .. 3000) . "\r\n\r\n", 10);
+is($garbage->{status}, 400, 'random bytes: 400');
 my $big = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $mport, Proto => 'tcp');
 syswrite($big, 'x' x 65536);
 my $t0 = time();
