@@ -33,6 +33,7 @@ OBJS = \
 	src/figures.o \
 	src/views.o \
 	src/detail.o \
+	src/tune.o \
 	src/prometheus.o \
 	src/metrics_http.o
 

@@ -30,6 +30,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
@@ -107,12 +108,25 @@ typedef struct DbpoolSettings
 										 * 0 = never */
 	int			failback_after_ms;	/* on the backup, back to the primary once it has
 									 * answered this long; 0 = not by itself */
+	char		health_query[DBPOOL_TEXT_SETTING_LEN];	/* run by health checks; never "" */
+	int			health_timeout_ms;	/* a health check's deadline */
+	int			health_check_interval_ms;	/* background probes; 0 = none */
+	int			health_max_latency_ms;	/* deep check: the health query's latency below */
+	double		health_max_utilization; /* deep check: utilization below */
+	double		health_max_error_rate;	/* deep check: 60 s error rate below */
+	int			leak_threshold_ms;	/* busy with one request longer: a suspected leak;
+									 * 0 = no detection */
+	bool		autoscale;		/* the worker resizes max_size from utilization and QPS */
+	int			max_size_limit; /* autoscaling and scale_up never go above */
+	int			max_size_floor; /* autoscaling never goes below; 0 = min(10, max_size) */
 } DbpoolSettings;
 
 typedef enum DbpoolSettingType
 {
-	DBPOOL_SETTING_INT,
-	DBPOOL_SETTING_TEXT
+	DBPOOL_SETTING_INT,			/* SQL int */
+	DBPOOL_SETTING_TEXT,		/* SQL text; "" = NULL = none, unless it has a default */
+	DBPOOL_SETTING_REAL,		/* SQL float8, finite, within [min_real, max_real] */
+	DBPOOL_SETTING_BOOL			/* SQL boolean; default_int is its default */
 } DbpoolSettingType;
 
 typedef struct DbpoolSettingDesc
@@ -122,6 +136,10 @@ typedef struct DbpoolSettingDesc
 	size_t		offset;			/* within DbpoolSettings */
 	int			default_int;
 	int			min_int;
+	double		default_real;
+	double		min_real;
+	double		max_real;
+	const char *default_text;	/* NULL: none (the setting may be NULL) */
 } DbpoolSettingDesc;
 
 extern const DbpoolSettingDesc DbpoolSettingDescs[];
@@ -130,6 +148,10 @@ extern const int DbpoolNumSettings;
 extern void DbpoolSettingsDefaults(DbpoolSettings *s);
 extern int *DbpoolSettingInt(DbpoolSettings *s, const DbpoolSettingDesc *d);
 extern char *DbpoolSettingText(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern double *DbpoolSettingReal(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern double DbpoolSettingRealValue(const char *name, const char *text);
+extern bool *DbpoolSettingBool(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern int	DbpoolMaxSizeFloor(const DbpoolSettings *s);
 extern void DbpoolValidateSettings(const DbpoolSettings *s);
 extern void DbpoolValidateName(const char *name);
 
@@ -277,6 +299,7 @@ extern DbpoolPoolSlot *DbpoolRegistryCopy(int *n);
 extern void DbpoolCheckLoaded(void);
 extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
+extern char *DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what);
 
 /* ---------- a backend's handshakes with the worker (sync.c) ---------- */
 

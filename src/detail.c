@@ -10,6 +10,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -132,6 +133,10 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 		key(buf, d->name);
 		if (d->type == DBPOOL_SETTING_INT)
 			appendStringInfo(buf, "%d", *DbpoolSettingInt(&p->settings, d));
+		else if (d->type == DBPOOL_SETTING_REAL)
+			appendStringInfoString(buf, float8out_internal(*DbpoolSettingReal(&p->settings, d)));
+		else if (d->type == DBPOOL_SETTING_BOOL)
+			appendStringInfoString(buf, *DbpoolSettingBool(&p->settings, d) ? "true" : "false");
 		else if (DbpoolSettingText(&p->settings, d)[0] == '\0')
 			appendStringInfoString(buf, "null");
 		else
