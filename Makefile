@@ -43,7 +43,9 @@ OBJS = \
 	src/alerts.o \
 	src/autoscale.o \
 	src/resize.o \
-	src/worker_sql.o
+	src/worker_sql.o \
+	src/prometheus.o \
+	src/metrics_http.o
 
 EXTENSION = dbpool
 DATA = dbpool--1.0.sql

@@ -342,6 +342,12 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'dbpool_diagnose'
 LANGUAGE C VOLATILE;
 
+-- The Prometheus exposition the metrics endpoint serves (dbpool.metrics_port), as text.
+CREATE FUNCTION dbpool_prometheus()
+RETURNS text
+AS 'MODULE_PATHNAME', 'dbpool_prometheus'
+LANGUAGE C VOLATILE;
+
 -- Owners reset their pools, superusers any (checked in C).
 -- The operator's manual operations (owner or superuser; checked in C).
 CREATE FUNCTION dbpool_restart_pool(name text)

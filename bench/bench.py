@@ -32,6 +32,7 @@ METHOD_GROUP = {
     "dblink_persistent_via_pgbouncer": "bench_pgbouncer",
     "postgres_fdw": "postgres_fdw",
     "dbpool": "dbpool",
+    "dbpool_scraped": "dbpool",   # dbpool while its metrics endpoint is scraped (SCRAPE_MS)
 }
 METHOD_ORDER = list(METHOD_GROUP)
 WORKLOAD_ORDER = ["point", "slow", "large"]
@@ -472,6 +473,38 @@ def cmd_report(a):
             f.write(text + "\n")
 
 
+# ---------------------------------------------------------------------------------------
+# scrape
+
+def cmd_scrape(a):
+    """GET the metrics endpoint every interval until SIGTERM; then write how many scrapes
+    were made, how many failed and the slowest one (JSON) to --out."""
+    import signal
+    import urllib.request
+    stats = {"scrapes": 0, "failures": 0, "max_ms": 0.0, "bytes": 0}
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    interval = a.interval_ms / 1000.0
+    nxt = time.monotonic()
+    while not stop:
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(a.url, timeout=5) as r:
+                stats["bytes"] = len(r.read())
+            stats["scrapes"] += 1
+        except Exception:
+            stats["failures"] += 1
+        stats["max_ms"] = max(stats["max_ms"], round((time.monotonic() - t0) * 1000, 1))
+        nxt += interval
+        delay = nxt - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            nxt = time.monotonic()
+    with open(a.out, "w") as f:
+        json.dump(stats, f)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -513,9 +546,14 @@ def main():
     p.add_argument("--runs-csv", required=True)
     p.add_argument("--table")
 
+    p = sub.add_parser("scrape")
+    p.add_argument("--url", required=True)
+    p.add_argument("--interval-ms", type=float, required=True)
+    p.add_argument("--out", required=True)
+
     a = ap.parse_args()
     {"sample": cmd_sample, "rss": cmd_rss, "pgbench-row": cmd_pgbench_row,
-     "large-row": cmd_large_row, "report": cmd_report}[a.cmd](a)
+     "large-row": cmd_large_row, "report": cmd_report, "scrape": cmd_scrape}[a.cmd](a)
 
 
 if __name__ == "__main__":

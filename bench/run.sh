@@ -18,6 +18,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 L_PORT=25460
 F_PORT=25461
 B_PORT=25462
+M_PORT=25463   # dbpool's metrics endpoint, with SCRAPE_MS
 POOL_SIZE=8
 
 ALL_METHODS="direct dblink_persistent dblink_oneshot dblink_via_pgbouncer dblink_persistent_via_pgbouncer postgres_fdw dbpool"
@@ -34,6 +35,7 @@ SOAK_CLIENTS=8
 REPEATS=${REPEATS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
+SCRAPE_MS=${SCRAPE_MS:-0}
 
 # Every foreign link goes over TCP.  The application_name tells the sampler on F whose
 # connection it sees (dbpool's connections say "dbpool", postgres_fdw's "postgres_fdw",
@@ -51,7 +53,7 @@ done
 for w in $WORKLOADS; do
     [[ " $ALL_WORKLOADS " == *" $w "* ]] || dbpool_die "unknown workload '$w' (known: $ALL_WORKLOADS)"
 done
-for v in DURATION WARMUP LARGE_ROWS REPEATS SOAK_QUERIES; do
+for v in DURATION WARMUP LARGE_ROWS REPEATS SOAK_QUERIES SCRAPE_MS; do
     is_uint "${!v}" || dbpool_die "$v must be a non-negative integer, not '${!v}'"
 done
 [ "$DURATION" -ge 1 ] || dbpool_die "DURATION must be at least 1"
@@ -63,6 +65,12 @@ for c in $CLIENTS_POINT $CLIENTS_SLOW; do
 done
 [ -n "$METHODS" ] || dbpool_die "METHODS is empty"
 [ -n "$WORKLOADS" ] || dbpool_die "WORKLOADS is empty"
+# SCRAPE_MS > 0: dbpool's metrics endpoint is on, and each dbpool run is followed by the same
+# run while the endpoint is scraped every SCRAPE_MS ms (the method "dbpool_scraped").
+if [ "$SCRAPE_MS" -gt 0 ]; then
+    [[ " $METHODS " == *" dbpool "* ]] || dbpool_die "SCRAPE_MS needs the method dbpool"
+    METHODS=$(for m in $METHODS; do echo "$m"; [ "$m" = dbpool ] && echo dbpool_scraped; done | xargs)
+fi
 
 # --- installation --------------------------------------------------------------------------
 
@@ -80,7 +88,7 @@ PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 AS_PG=(runuser -u postgres --)
 as_pg() { "${AS_PG[@]}" "$@"; }
 
-for p in $L_PORT $F_PORT $B_PORT; do
+for p in $L_PORT $F_PORT $B_PORT $M_PORT; do
     if (: </dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
         dbpool_die "port $p is in use (a leftover run? look for /tmp/dbpool-bench.* and its servers)"
     fi
@@ -110,6 +118,9 @@ machine_header() {
     echo "settings:   METHODS=\"$METHODS\" WORKLOADS=\"$WORKLOADS\" DURATION=$DURATION WARMUP=$WARMUP"
     echo "            CLIENTS_POINT=\"$CLIENTS_POINT\" CLIENTS_SLOW=\"$CLIENTS_SLOW\" LARGE_ROWS=$LARGE_ROWS REPEATS=$REPEATS SOAK_QUERIES=$SOAK_QUERIES"
     echo "            pgbench -M prepared, -j min(clients, 4); pools of $POOL_SIZE (dbpool, PgBouncer)"
+    [ "$SCRAPE_MS" -gt 0 ] &&
+        echo "            SCRAPE_MS=$SCRAPE_MS: dbpool_scraped = dbpool while GET /metrics runs every $SCRAPE_MS ms"
+    return 0
 }
 
 mkdir -p "$RESULTS_DIR"
@@ -235,7 +246,8 @@ psql_on() {
 dbpool_log "starting F (port $F_PORT) and L (port $L_PORT, dbpool preloaded) in $T"
 start_server F "$F_PORT" ""
 start_server L "$L_PORT" "shared_preload_libraries = 'dbpool'
-dbpool.database = 'postgres'"
+dbpool.database = 'postgres'
+dbpool.metrics_port = $([ "$SCRAPE_MS" -gt 0 ] && echo "$M_PORT" || echo 0)"
 
 dbpool_log "F: kv (100000 rows), views slow and big ($LARGE_ROWS rows)"
 psql_on "$F_PORT" >/dev/null -c "
@@ -314,7 +326,7 @@ large_query() {
         dblink_via_pgbouncer)            echo "SELECT count(*) FROM dblink('$B_DBLINK', 'SELECT g, x FROM big') AS t(g int, x text)" ;;
         dblink_persistent_via_pgbouncer) echo "SELECT count(*) FROM dblink('bench_b', 'SELECT g, x FROM big') AS t(g int, x text)" ;;
         postgres_fdw)                    echo "SELECT count(*) FROM (SELECT g, x FROM big_f OFFSET 0) s WHERE g IS NOT NULL AND x IS NOT NULL" ;;
-        dbpool)                          echo "SELECT count(*) FROM dbpool_query('bench', 'SELECT g, x FROM big') AS t(g int, x text)" ;;
+        dbpool|dbpool_scraped)           echo "SELECT count(*) FROM dbpool_query('bench', 'SELECT g, x FROM big') AS t(g int, x text)" ;;
     esac
 }
 large_setup() {   # not timed: the persistent connection of the session
@@ -338,7 +350,7 @@ for m in $METHODS; do
         dblink_via_pgbouncer)            out=$(psql_on "$L_PORT" -c "SELECT v FROM dblink('$B_DBLINK', 'SELECT v FROM kv WHERE id = 42') AS t(v text)") ;;
         dblink_persistent_via_pgbouncer) out=$(psql_on "$L_PORT" -c "SELECT dblink_connect('bench_b', '$B_DBLINK')" -c "SELECT v FROM dblink('bench_b', 'SELECT v FROM kv WHERE id = 42') AS t(v text)" | tail -1) ;;
         postgres_fdw)                    out=$(psql_on "$L_PORT" -c "SELECT v FROM kv_f WHERE id = 42") ;;
-        dbpool)                          out=$(psql_on "$L_PORT" -c "SELECT v FROM dbpool_query('bench', 'SELECT v FROM kv WHERE id = \$1', ARRAY['42']) AS t(v text)") ;;
+        dbpool|dbpool_scraped)           out=$(psql_on "$L_PORT" -c "SELECT v FROM dbpool_query('bench', 'SELECT v FROM kv WHERE id = \$1', ARRAY['42']) AS t(v text)") ;;
     esac
     [ "$out" = "$(printf '%s' 42 | md5sum | cut -d' ' -f1)" ] || dbpool_die "smoke test of $m returned '$out'"
 done
@@ -371,6 +383,20 @@ unset_bg() {
     BG_PIDS=("${keep[@]}")
 }
 
+# SCRAPE_MS: GET /metrics every SCRAPE_MS ms during a run of dbpool_scraped.
+start_scraper() {   # tag
+    "${AS_PG[@]}" python3 "$BENCHPY" scrape --url "http://127.0.0.1:$M_PORT/metrics" \
+        --interval-ms "$SCRAPE_MS" --out "$T/out/$1.scrape.json" </dev/null &
+    SCRAPER_PID=$!
+    BG_PIDS+=("$SCRAPER_PID")
+}
+stop_scraper() {   # tag
+    stop_bg "$SCRAPER_PID"
+    wait "$SCRAPER_PID" 2>/dev/null || true
+    unset_bg "$SCRAPER_PID"
+    echo "   scrapes during $1: $(cat "$T/out/$1.scrape.json" 2>/dev/null || echo '(none recorded)')"
+}
+
 run_pgbench() {   # round method workload clients
     local round=$1 method=$2 workload=$3 clients=$4
     local threads=$((clients < 4 ? clients : 4)) tag="r$1-$3-c$4-$2" port=$L_PORT script defs=() rc
@@ -384,11 +410,13 @@ run_pgbench() {   # round method workload clients
         dblink_oneshot)                  script=${workload}_dblink_oneshot.sql; defs=(-D "conninfo=$F_DBLINK") ;;
         dblink_via_pgbouncer)            script=${workload}_dblink_oneshot.sql; defs=(-D "conninfo=$B_DBLINK") ;;
         postgres_fdw)                    script=${workload}_postgres_fdw.sql ;;
-        dbpool)                          script=${workload}_dbpool.sql ;;
+        dbpool|dbpool_scraped)           script=${workload}_dbpool.sql ;;
     esac
+    [ "$method" = dbpool_scraped ] && start_scraper "$tag"
     run_bg rc "$T/out/$tag.txt" "${AS_PG[@]}" env PGAPPNAME="$appname" "$BIN/pgbench" -n -M prepared -c "$clients" -j "$threads" \
         -T "$((WARMUP + DURATION))" -l --log-prefix="$T/logs/$tag" \
         -f "$T/pgbench/$script" "${defs[@]}" -h "$T" -p "$port" -U postgres postgres
+    [ "$method" = dbpool_scraped ] && stop_scraper "$tag"
     python3 "$BENCHPY" pgbench-row --raw "$STATUS_FILE" --round "$round" --method "$method" \
         --workload "$workload" --clients "$clients" --rc "$rc" --pgbench-out "$T/out/$tag.txt" \
         --log-prefix "$T/logs/$tag" --samples "$SAMPLES" --warmup "$WARMUP" --duration "$DURATION"

@@ -36,6 +36,28 @@ dbpool_install_packages() {
     apt-get install -y "${DBPOOL_PACKAGES[@]}" </dev/null
 }
 
+# Packages some tests use when they can (test/t/041_prometheus.pl: Debian's prometheus, which
+# brings prometheus and promtool).  Installed when missing; a failure is logged, not fatal:
+# those tests then skip, saying so.
+DBPOOL_OPTIONAL_PACKAGES=(prometheus)
+
+dbpool_install_optional_packages() {
+    local p missing=()
+    for p in "${DBPOOL_OPTIONAL_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    dbpool_log "optional packages: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" </dev/null; then
+        apt-get update </dev/null &&
+            apt-get install -y --no-install-recommends "${missing[@]}" </dev/null ||
+            dbpool_log "optional packages: could not install ${missing[*]}; the tests that need them skip"
+    fi
+    return 0
+}
+
 # Copy the source tree (tracked and untracked-but-not-ignored files; no build or test
 # leftovers) into DEST.
 dbpool_copy_tree() {

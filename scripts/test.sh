@@ -2,7 +2,8 @@
 # dbpool's test command.  Run as root (sudo ./scripts/test.sh), from any directory.
 #
 #  1. installs the packages it needs (PostgreSQL 15, its server headers, IPC::Run, a compiler)
-#     when some are missing;
+#     when some are missing, and tries to install the optional ones (prometheus, for
+#     test/t/041_prometheus.pl, which skips without it);
 #  2. copies the source tree to a fresh build directory owned by postgres, builds there as
 #     postgres with warnings as errors, installs as root;
 #  3. runs, as postgres, `make installcheck`: the pg_regress suite (sql/, expected/; its own
@@ -53,6 +54,7 @@ abort() {
 
 dbpool_require_root
 dbpool_install_packages || abort "package installation"
+dbpool_install_optional_packages
 [ -x "$PG_CONFIG" ] || abort "no pg_config at $PG_CONFIG"
 
 # Don't let the caller's libpq environment steer the test servers and clients.

@@ -1,6 +1,7 @@
 /*
  * dbpool.c
- *		Module load: GUCs, shared-memory hooks and the worker's registration.
+ *		Module load: GUCs, shared-memory hooks and the registration of the
+ *		worker and, when dbpool.metrics_port is set, of the metrics process.
  */
 #include "postgres.h"
 
@@ -33,11 +34,81 @@ double		DbpoolAutoscaleUpUtilization = 0.8;
 double		DbpoolAutoscaleUpQps = 1000;
 double		DbpoolAutoscaleDownUtilization = 0.3;
 double		DbpoolAutoscaleDownQps = 100;
+int			DbpoolMetricsPort = 0;
+char	   *DbpoolMetricsListenAddress = NULL;
+char	   *DbpoolMetricsBearerToken = NULL;
+char	   *DbpoolMetricsPrefix = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 void		_PG_init(void);
+
+/* dbpool.metrics_prefix must start a Prometheus metric name: [a-zA-Z_:][a-zA-Z0-9_:]*. */
+static bool
+check_metrics_prefix(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	for (p = *newval; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_' || *p == ':' ||
+			  (p != *newval && *p >= '0' && *p <= '9')))
+			break;
+	if (**newval == '\0' || *p != '\0' || strlen(*newval) > 100)
+	{
+		GUC_check_errdetail("A metric name prefix has 1 to 100 characters: letters, digits, "
+							"\"_\" and \":\", not starting with a digit.");
+		return false;
+	}
+	return true;
+}
+
+/* Show dbpool.metrics_bearer_token masked: it is never shown, only whether it is set. */
+static const char *
+show_bearer_token(void)
+{
+	return DbpoolMetricsBearerToken && DbpoolMetricsBearerToken[0] ? DBPOOL_PASSWORD_MASK : "";
+}
+
+/* Define the endpoint's GUCs, and register its process when dbpool.metrics_port is set. */
+static void
+define_metrics(void)
+{
+	BackgroundWorker worker;
+
+	DefineCustomIntVariable("dbpool.metrics_port",
+							"TCP port of the metrics endpoint (GET /metrics, GET /health).",
+							"0 (the default) starts no endpoint.",
+							&DbpoolMetricsPort, 0, 0, 65535,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("dbpool.metrics_listen_address",
+							   "Address the metrics endpoint listens on.",
+							   "A host name or IP address; \"*\" for every address.",
+							   &DbpoolMetricsListenAddress, "127.0.0.1",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("dbpool.metrics_bearer_token",
+							   "Token the metrics endpoint requires (Authorization: Bearer).",
+							   "Empty (the default): no token is required.",
+							   &DbpoolMetricsBearerToken, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, show_bearer_token);
+	DefineCustomStringVariable("dbpool.metrics_prefix",
+							   "Prefix of every metric name of the endpoint and dbpool_prometheus().",
+							   NULL, &DbpoolMetricsPrefix, "dbpool",
+							   PGC_SIGHUP, 0, check_metrics_prefix, NULL, NULL);
+	if (DbpoolMetricsPort == 0)
+		return;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;	/* no database */
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "dbpool");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "DbpoolMetricsMain");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "dbpool metrics");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "dbpool metrics");
+	RegisterBackgroundWorker(&worker);
+}
 
 /* Chain to the previous shmem_request_hook, then ask for our memory. */
 static void
@@ -151,6 +222,7 @@ _PG_init(void)
 							 "... and whose queries per second are below this.",
 							 NULL, &DbpoolAutoscaleDownQps, 100, 0.0, 1e9,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	define_metrics();
 	MarkGUCPrefixReserved("dbpool");
 	DbpoolHistInit();
 

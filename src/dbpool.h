@@ -8,6 +8,9 @@
  * Who runs what:
  *	- the postmaster, at load: dbpool.c (GUCs, hooks, worker registration)
  *	  and shmem.c;
+ *	- the "dbpool metrics" process, when dbpool.metrics_port is set:
+ *	  metrics_http.c (the HTTP listener) and prometheus.c (its texts, also
+ *	  dbpool_prometheus() in backends);
  *	- client backends: query.c and channel.c (a query's backend half),
  *	  sync.c (waits on the worker), admin.c (administration), figures.c
  *	  (derived figures), views.c and detail.c (their SQL renderers),
@@ -85,6 +88,12 @@ extern double DbpoolAutoscaleUpUtilization;
 extern double DbpoolAutoscaleUpQps;
 extern double DbpoolAutoscaleDownUtilization;
 extern double DbpoolAutoscaleDownQps;
+extern int	DbpoolMetricsPort;
+extern char *DbpoolMetricsListenAddress;
+extern char *DbpoolMetricsBearerToken;
+extern char *DbpoolMetricsPrefix;
+
+#define DBPOOL_VERSION			"1.0"	/* the extension's version, for build_info */
 
 /* ---------- pool settings (settings.c) ---------- */
 

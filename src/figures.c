@@ -61,6 +61,7 @@ DbpoolComputePoolFigures(const DbpoolPoolSlot *slot, const DbpoolPoolStats *s,
 
 	strlcpy(f->name, slot->name, sizeof(f->name));
 	f->state = slot->state;
+	f->on_backup = slot->on_backup;
 	f->now = now;
 	f->stats_reset = s->stats_reset;
 

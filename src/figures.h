@@ -57,6 +57,7 @@ typedef struct DbpoolPoolFigures
 {
 	char		name[DBPOOL_NAME_LEN];
 	DbpoolPoolState state;
+	bool		on_backup;		/* serving from its backup target */
 	TimestampTz now;			/* when they were read */
 	TimestampTz stats_reset;	/* 0: the worker has not initialized them yet */
 
@@ -135,6 +136,20 @@ extern const char *DbpoolPoolStateName(DbpoolPoolState state);
 extern const char *DbpoolHealthKindName(DbpoolHealthKind kind);
 extern double DbpoolHealthLatencyMs(const DbpoolHealthResult *r);
 extern const char *DbpoolHealthShownError(const DbpoolHealthResult *r, Oid owner);
+
+/* the endpoint's texts (prometheus.c), for metrics_http.c and dbpool_prometheus() */
+typedef enum DbpoolHealthStatus
+{
+	DBPOOL_HEALTHY,
+	DBPOOL_DEGRADED,
+	DBPOOL_UNHEALTHY
+} DbpoolHealthStatus;
+
+extern bool DbpoolPromPoolUp(const DbpoolPoolFigures *f);
+extern DbpoolPoolFigures *DbpoolPromReadPools(int *npools);
+extern void DbpoolPrometheusRender(StringInfo buf, const char *prefix);
+extern DbpoolHealthStatus DbpoolHealthSummary(StringInfo buf);
+extern const char *DbpoolHealthStatusName(DbpoolHealthStatus status);
 
 /* helpers of the SQL functions (views.c) */
 extern DbpoolPoolSlot *DbpoolFindSlot(DbpoolPoolSlot *slots, int n, const char *name,

@@ -13,6 +13,8 @@ use strict;
 use warnings FATAL => 'all';
 
 use Exporter 'import';
+use IO::Select;
+use IO::Socket::INET;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -24,6 +26,7 @@ our @EXPORT = qw(
   run_sql sqlstate_of query_ok query_fails
   poll_until start_bg finish_bg wait_bg_stderr
   remote_count dbpool_worker_pids require_password
+  http_request http_get metrics_pids
 );
 
 # Long enough for a loaded shared machine, short enough that a hang fails the run.
@@ -256,6 +259,74 @@ sub require_password
 	close $fh;
 	$f->reload;
 	return;
+}
+
+# The pids of node $node's "dbpool metrics" processes (it has no pg_stat_activity row: it
+# has no database): the postmaster's children whose title names it.
+sub metrics_pids
+{
+	my ($node) = @_;
+	my $pm = $node->{_pid} // return ();
+	my @pids;
+	for my $dir (glob '/proc/[0-9]*')
+	{
+		open(my $fh, '<', "$dir/stat") or next;
+		my $stat = <$fh> // '';
+		close $fh;
+		next unless $stat =~ /\) \S+ (\d+) / && $1 == $pm;
+		open($fh, '<', "$dir/cmdline") or next;
+		my $cmd = <$fh> // '';
+		close $fh;
+		push @pids, $1 if $cmd =~ /dbpool metrics/ && $dir =~ m{(\d+)$};
+	}
+	return @pids;
+}
+
+# Send a raw HTTP request to 127.0.0.1:$port and read until the server closes, at most
+# $timeout seconds (default $WAIT).  Returns a hash ref: status (0 when nothing came back),
+# headers (lower-cased names), body, raw, err.
+sub http_request
+{
+	my ($port, $raw, $timeout) = @_;
+	$timeout //= $WAIT;
+	local $SIG{PIPE} = 'IGNORE';
+	my $s = IO::Socket::INET->new(
+		PeerAddr => '127.0.0.1',
+		PeerPort => $port,
+		Proto => 'tcp',
+		Timeout => $timeout);
+	return { status => 0, headers => {}, body => '', raw => '', err => "connect: $!" }
+	  unless $s;
+	syswrite($s, $raw) if length $raw;
+	my ($buf, $end, $sel) = ('', time() + $timeout, IO::Select->new($s));
+	while ((my $left = $end - time()) > 0)
+	{
+		last unless $sel->can_read($left);
+		my $n = sysread($s, my $chunk, 65536);
+		last unless $n;
+		$buf .= $chunk;
+	}
+	close $s;
+	my %r = (status => 0, headers => {}, body => '', raw => $buf, err => '');
+	if ($buf =~ m{\AHTTP/1\.[01] (\d{3})[^\r\n]*\r\n(.*?)\r\n\r\n(.*)\z}s)
+	{
+		$r{status} = $1;
+		$r{body} = $3;
+		for my $line (split /\r\n/, $2)
+		{
+			$r{headers}{ lc $1 } = $2 if $line =~ /^([^:]+):\s*(.*)$/;
+		}
+	}
+	return \%r;
+}
+
+# GET $path from 127.0.0.1:$port; options: headers (array ref of "Name: value"), timeout.
+sub http_get
+{
+	my ($port, $path, %opt) = @_;
+	my $h = join('', map { "$_\r\n" } @{ $opt{headers} // [] });
+	return http_request($port, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n$h\r\n",
+		$opt{timeout});
 }
 
 1;
