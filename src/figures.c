@@ -305,6 +305,9 @@ DbpoolMaySeeText(Oid role)
 {
 	Oid			me = GetUserId();
 
+	/* no user (the metrics process): no catalog lookups, no texts */
+	if (!OidIsValid(me))
+		return false;
 	return superuser() || has_privs_of_role(me, ROLE_PG_READ_ALL_STATS) ||
 		(OidIsValid(role) && has_privs_of_role(me, role));
 }

@@ -24,6 +24,7 @@
 #include "utils/json.h"
 #include "utils/timestamp.h"
 
+#include "alerts.h"
 #include "dbpool.h"
 #include "figures.h"
 #include "stats.h"
@@ -135,14 +136,23 @@ sample(StringInfo buf, const char *name, const char *suffix, const char *pool,
 /* The per-pool gauges, by index (arg). */
 enum
 {
-	G_UP, G_MAX, G_WAITING, G_UTILIZATION, G_OLDEST_WAIT, G_ON_BACKUP, G_STATS_RESET
+	G_UP, G_MAX, G_WAITING, G_UTILIZATION, G_OLDEST_WAIT, G_ON_BACKUP, G_STATS_RESET,
+	G_LEAKS
 };
 
-/* A pool counts as up unless it is down.  (Issue 13: add its latest probe here.) */
+/* A pool counts as up unless it is down or its latest health check failed. */
 bool
 DbpoolPromPoolUp(const DbpoolPoolFigures *f)
 {
-	return f->state != DBPOOL_POOL_DOWN;
+	return f->state != DBPOOL_POOL_DOWN && !(f->health.at != 0 && !f->health.ok);
+}
+
+/* A timestamp as Unix time in seconds. */
+static double
+unix_seconds(TimestampTz t)
+{
+	return t / (double) USECS_PER_SEC +
+		(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * (double) SECS_PER_DAY;
 }
 
 /* One gauge per pool. */
@@ -177,8 +187,10 @@ write_pool_gauge(StringInfo buf, const char *name, const PromInput *in, int arg)
 				v = f->on_backup ? 1 : 0;
 				break;
 			case G_STATS_RESET:
-				v = f->stats_reset ? f->stats_reset / (double) USECS_PER_SEC +
-					(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * (double) SECS_PER_DAY : 0;
+				v = f->stats_reset ? unix_seconds(f->stats_reset) : 0;
+				break;
+			case G_LEAKS:
+				v = f->leaks_suspected;
 				break;
 		}
 		sample(buf, name, NULL, f->name, NULL, NULL, v);
@@ -265,6 +277,62 @@ write_histogram(StringInfo buf, const char *name, const PromInput *in, int arg)
 	}
 }
 
+/*
+ * The latest health check of each pool that had one (arg 0: the health
+ * query's duration, only when it ran; 1: 1 if it passed; 2: when it ended).
+ */
+static void
+write_health(StringInfo buf, const char *name, const PromInput *in, int arg)
+{
+	int			i;
+
+	for (i = 0; i < in->npools; i++)
+	{
+		const DbpoolHealthResult *h = &in->pools[i].health;
+
+		if (h->at == 0 || (arg == 0 && h->latency_us < 0))
+			continue;
+		sample(buf, name, NULL, in->pools[i].name, NULL, NULL,
+			   arg == 0 ? h->latency_us / 1e6 : arg == 1 ? (h->ok ? 1 : 0) : unix_seconds(h->at));
+	}
+}
+
+/*
+ * The firing alerts of each rule with a live alert (pending or firing), by
+ * rule and severity: how many pools it fires for.  Rule names are checked
+ * names ([A-Za-z0-9_.-]), but escaped all the same.
+ */
+static void
+write_alerts_firing(StringInfo buf, const char *name, const PromInput *in, int arg)
+{
+	DbpoolAlertShared *a = palloc(sizeof(DbpoolAlertShared));
+	int			i,
+				j;
+
+	DbpoolAlertsSnapshot(a);
+	for (i = 0; i < a->nlive; i++)
+	{
+		const DbpoolAlert *x = &a->live[i];
+		int			firing = 0;
+		bool		seen = false;
+
+		for (j = 0; j < i && !seen; j++)
+			seen = strcmp(a->live[j].rule, x->rule) == 0 && a->live[j].severity == x->severity;
+		if (seen)
+			continue;			/* counted with its first alert */
+		for (j = i; j < a->nlive; j++)
+			if (strcmp(a->live[j].rule, x->rule) == 0 && a->live[j].severity == x->severity &&
+				a->live[j].state == DBPOOL_ALERT_FIRING)
+				firing++;
+		appendStringInfo(buf, "%s{alertname=\"", name);
+		append_label_value(buf, x->rule);
+		appendStringInfo(buf, "\",severity=\"%s\"} ", DbpoolAlertSeverityNames[x->severity]);
+		append_value(buf, firing);
+		appendStringInfoChar(buf, '\n');
+	}
+	pfree(a);
+}
+
 /* Whether the dbpool worker serves (arg unused). */
 static void
 write_worker_up(StringInfo buf, const char *name, const PromInput *in, int arg)
@@ -282,13 +350,13 @@ write_build_info(StringInfo buf, const char *name, const PromInput *in, int arg)
 
 /*
  * Every family but the counters (written from DbpoolCounterNames after
- * these).  Issues 13 and 14 add leaks_suspected, health_check_duration_seconds
- * and alerts_firing here.
+ * these).
  */
 static const PromFamily families[] = {
 	{"build_info", "gauge", "dbpool's version and PostgreSQL's; always 1.", write_build_info, 0},
 	{"worker_up", "gauge", "1 while the dbpool worker serves, else 0.", write_worker_up, 0},
-	{"pool_up", "gauge", "1 unless the pool is down.", write_pool_gauge, G_UP},
+	{"pool_up", "gauge", "1 unless the pool is down or its latest health check failed.",
+	write_pool_gauge, G_UP},
 	{"pool_state", "gauge", "The pool's state: 1 for the current one, 0 for the others.",
 	write_pool_state, 0},
 	{"pool_on_backup", "gauge", "1 while the pool serves from its backup target.",
@@ -310,10 +378,22 @@ static const PromFamily families[] = {
 	write_histogram, 0},
 	{"acquire_duration_seconds", "histogram",
 		"Time to get a connection, since the pool's stats reset.", write_histogram, 1},
+	{"leaks_suspected", "gauge",
+		"Connections busy with one request longer than leak_threshold_ms now.",
+	write_pool_gauge, G_LEAKS},
+	{"health_check_duration_seconds", "gauge",
+		"The health query's duration in the pool's latest health check.", write_health, 0},
+	{"health_check_success", "gauge", "1 if the pool's latest health check passed, else 0.",
+	write_health, 1},
+	{"health_check_timestamp_seconds", "gauge",
+		"When the pool's latest health check ended (Unix time).", write_health, 2},
+	{"alerts_firing", "gauge",
+		"Pools a dbpool alert rule fires for, by rule and severity (rules with a live alert).",
+	write_alerts_firing, 0},
 };
 
 /* Help texts of the counters, by DbpoolCounter. */
-static const char *const counter_help[DBPOOL_NUM_COUNTERS] = {
+static const char *const counter_help[] = {
 	"Requests that ended, however.",
 	"Requests answered with an error.",
 	"Requests that got no connection within acquire_timeout_ms.",
@@ -334,7 +414,11 @@ static const char *const counter_help[DBPOOL_NUM_COUNTERS] = {
 	"Connections closed because they carried a large value.",
 	"Remote cancels that could not start.",
 	"Remote cancels given up on while in flight.",
+	"Connections flagged as suspected leaks.",
 };
+
+StaticAssertDecl(lengthof(counter_help) == DBPOOL_NUM_COUNTERS,
+				 "every counter needs a help text");
 
 /* Append a family's HELP and TYPE lines and its samples. */
 static void

@@ -124,6 +124,27 @@ my $series = sub { join "\n", sort map { /^([^ ]+) / ? $1 : () } grep { !/^#/ } 
 is($series->($sql), $series->(http_get($mport, '/metrics')->{body}),
 	'dbpool_prometheus() gives the same series as GET /metrics');
 
+# health checks (one passed, one failed with an error text the process must not try to show),
+# suspected leaks, and dbpool's own alerts (the seeded PoolDown fires for dead)
+$l->safe_psql('postgres', 'SELECT dbpool_health()');
+ok(poll_until($l, q{SELECT count(*) FROM dbpool_alerts WHERE pool = 'dead' AND state = 'firing'}, '1'),
+	'PoolDown fires for dead');
+$r = http_get($mport, '/metrics');
+is($r->{status}, 200, '/metrics with a failed health check: 200');
+$m = $r->{body};
+like($m, qr/^dbpool_health_check_success\{pool="p"\} 1$/m, 'health_check_success of p is 1');
+like($m, qr/^dbpool_health_check_success\{pool="dead"\} 0$/m, 'health_check_success of dead is 0');
+like($m, qr/^dbpool_health_check_duration_seconds\{pool="p"\} [0-9.e-]+$/m,
+	'health_check_duration_seconds of p');
+unlike($m, qr/^dbpool_health_check_duration_seconds\{pool="dead"\}/m,
+	'none for dead: its health query did not run');
+like($m, qr/^dbpool_health_check_timestamp_seconds\{pool="p"\} \d+(\.\d+)?(e\+\d+)?$/m,
+	'health_check_timestamp_seconds of p');
+like($m, qr/^dbpool_leaks_suspected\{pool="p"\} 0$/m, 'leaks_suspected of p is 0');
+like($m, qr/^dbpool_alerts_firing\{alertname="PoolDown",severity="critical"\} 1$/m,
+	'alerts_firing counts PoolDown firing for one pool');
+like($m, qr/^# TYPE dbpool_leaks_suspected_total counter$/m, 'leaks_suspected_total is a counter');
+
 # --- health ------------------------------------------------------------------------------------
 $r = http_get($mport, '/health');
 is($r->{status}, 200, '/health with one pool down: 200');

@@ -1,9 +1,6 @@
-# bin/dbpool-ctl (issue 15) against a real server: metrics, restart, cleanup and export do
-# what they say, with their exit codes (0 ok, 1 failed, 2 usage).
-#
-# TODO (issues 13 and 14): test `dbpool-ctl health [POOL]`, `dbpool-ctl diagnose POOL` and
-# `dbpool-ctl alerts` (exit 0 healthy / nothing firing, 1 degraded, unhealthy or firing) once
-# dbpool_health(), dbpool_diagnose() and the dbpool_alerts view exist.
+# bin/dbpool-ctl (issue 15) against a real server: health, diagnose, alerts, metrics, restart,
+# cleanup and export do what they say, with their exit codes (0 ok or healthy, 1 degraded,
+# unhealthy, firing or failed, 2 usage).
 use strict;
 use warnings FATAL => 'all';
 
@@ -126,5 +123,42 @@ is($rc, 1, 'export of an unknown pool: 1');
 ok(!-e "$dir/nope.json", 'and writes no file');
 ($rc, $out, $err) = ctl('export', 'p', "$dir/no/such/dir.json");
 is($rc, 1, 'export to an unwritable file: 1');
+
+# --- health, diagnose, alerts: healthy, then with a dead pool ----------------------------------
+($rc, $out) = ctl('health');
+is($rc, 0, 'health with every pool healthy: 0');
+like($out, qr/"status": "healthy"/, 'and shows dbpool_health()');
+($rc, $out) = ctl('health', 'p');
+is($rc, 0, 'health p (the deep check) passing: 0');
+like($out, qr/"overall_healthy": true/, 'and shows the deep check');
+($rc, $out) = ctl('diagnose', 'p');
+is($rc, 0, 'diagnose of a healthy pool: 0');
+like($out, qr/"overall_health": "healthy"/, 'and shows the diagnosis');
+($rc, $out) = ctl('alerts');
+is($rc, 0, 'alerts with nothing firing: 0');
+($rc, $out, $err) = ctl('health', 'nope');
+is($rc, 1, 'health of an unknown pool: 1');
+like($err, qr/pool "nope" does not exist/, 'and says so');
+($rc) = ctl('diagnose');
+is($rc, 2, 'diagnose without POOL: 2');
+
+# a pool whose server is not there: down after its attempts, and the seeded PoolDown fires
+$l->safe_psql('postgres', q{SELECT dbpool_create_pool('dead', 'host=127.0.0.1 port=25799 dbname=x',
+	min_size => 1, retry_base_ms => 10, retry_max_ms => 20, retry_attempts => 2)});
+ok(poll_until($l, q{SELECT state FROM dbpool_pools WHERE name = 'dead'}, 'down'), 'pool dead is down');
+($rc, $out) = ctl('health');
+is($rc, 1, 'health with one of two pools down: 1');
+like($out, qr/"status": "degraded"/, 'degraded');
+($rc, $out) = ctl('health', 'dead');
+is($rc, 1, 'health dead: 1');
+like($out, qr/"overall_healthy": false/, 'its deep check fails');
+($rc, $out) = ctl('diagnose', 'dead');
+is($rc, 1, 'diagnose dead: 1');
+like($out, qr/"pool_down"/, 'and names the issue');
+ok(poll_until($l, q{SELECT count(*) FROM dbpool_alerts WHERE pool = 'dead' AND state = 'firing'}, '1'),
+	'an alert fires for pool dead');
+($rc, $out) = ctl('alerts');
+is($rc, 1, 'alerts with one firing: 1');
+like($out, qr/PoolDown/, 'and lists it');
 
 done_testing();
