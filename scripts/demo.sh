@@ -118,6 +118,20 @@ dbpool_log "the slowest queries (slow_query_ms = 150 for this pool)"
 sql L "SELECT pool, duration_ms, rows, sqlstate, query FROM dbpool_slow_queries('demo', 3)"
 
 echo
+dbpool_log "health: every pool checked at once (its health query on an idle connection)"
+sql L "SELECT jsonb_pretty(dbpool_health())"
+
+echo
+dbpool_log "the deep check of one pool, and its diagnosis"
+sql L "SELECT jsonb_pretty(dbpool_health('demo') - 'metrics')"
+sql L "SELECT jsonb_pretty(dbpool_diagnose('demo') - 'slow_queries')"
+
+echo
+dbpool_log "alerts (rules in dbpool_alert_rules, evaluated every second by the worker)"
+sql L "SELECT name, metric, comparison, threshold, for_seconds, severity, action FROM dbpool_alert_rules ORDER BY name"
+sql L "SELECT rule, pool, state, value, threshold, severity FROM dbpool_alerts"
+
+echo
 dbpool_log "dbpool's connections, as F sees them (never more than max_size = 4)"
 sql F "SELECT count(*) AS dbpool_connections FROM pg_stat_activity WHERE application_name = 'dbpool'"
 
