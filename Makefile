@@ -34,6 +34,7 @@ OBJS = \
 	src/figures.o \
 	src/views.o \
 	src/detail.o \
+	src/tune.o \
 	src/health_sql.o
 
 EXTENSION = dbpool

@@ -32,7 +32,10 @@ CREATE TABLE dbpool_config (
     health_max_latency_ms int NOT NULL DEFAULT 100,
     health_max_utilization float8 NOT NULL DEFAULT 0.9,
     health_max_error_rate float8 NOT NULL DEFAULT 0.01,
-    leak_threshold_ms  int NOT NULL DEFAULT 300000
+    leak_threshold_ms  int NOT NULL DEFAULT 300000,
+    autoscale          boolean NOT NULL DEFAULT false,
+    max_size_limit     int NOT NULL DEFAULT 200,
+    max_size_floor     int NOT NULL DEFAULT 0
 );
 
 CREATE TABLE dbpool_grant (
@@ -85,12 +88,15 @@ CREATE FUNCTION dbpool_create_pool(
     health_max_utilization float8 DEFAULT 0.9,
     health_max_error_rate float8 DEFAULT 0.01,
     leak_threshold_ms int DEFAULT 300000,
+    autoscale boolean DEFAULT false,
+    max_size_limit int DEFAULT 200,
+    max_size_floor int DEFAULT 0,
     backup_conninfo text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_create_pool'
 LANGUAGE C VOLATILE;
 
-REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int, int, text, int, int, int, float8, float8, int, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int, int, text, int, int, int, float8, float8, int, boolean, int, int, text) FROM PUBLIC;
 
 CREATE FUNCTION dbpool_alter_pool(name text, options jsonb)
 RETURNS void
@@ -149,6 +155,9 @@ CREATE FUNCTION dbpool_pools(
     OUT health_max_utilization float8,
     OUT health_max_error_rate float8,
     OUT leak_threshold_ms int,
+    OUT autoscale boolean,
+    OUT max_size_limit int,
+    OUT max_size_floor int,
     OUT owner name,
     OUT state text,
     OUT target text,
@@ -269,4 +278,11 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION dbpool_reset_stats(pool text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'dbpool_reset_stats'
+LANGUAGE C VOLATILE;
+
+-- The operations guide's timeout rule on the pool's measured latency; writes it only with
+-- apply (owner or superuser, checked by dbpool_alter_pool).
+CREATE FUNCTION dbpool_tune_timeouts(pool text, apply boolean DEFAULT false)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'dbpool_tune_timeouts'
 LANGUAGE C VOLATILE;

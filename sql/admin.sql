@@ -27,6 +27,11 @@ SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', health_max_utilization =
 SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', health_query => '')$$);
 SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', health_timeout_ms => 0)$$);
 SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', leak_threshold_ms => -1)$$);
+-- autoscaling bounds: min_size <= max_size_floor <= max_size <= max_size_limit
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', max_size => 8, max_size_limit => 5)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', max_size => 8, max_size_floor => 9)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', min_size => 3, max_size_floor => 2)$$);
+SELECT err($$SELECT dbpool_create_pool('x', 'dbname=x', autoscale => NULL)$$);
 -- duplicates
 SELECT err($$SELECT dbpool_create_pool('regress', 'dbname=x')$$);
 -- none of that left a pool behind
@@ -61,6 +66,12 @@ SELECT err($$SELECT dbpool_alter_pool('masked', '{"health_max_utilization": "0.5
 SELECT err($$SELECT dbpool_alter_pool('masked', '{"health_max_utilization": 2}')$$);
 SELECT err($$SELECT dbpool_alter_pool('masked', '{"health_max_error_rate": 1e400}')$$);
 SELECT err($$SELECT dbpool_alter_pool('masked', '{"health_query": null}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"autoscale": "yes"}')$$);
+SELECT err($$SELECT dbpool_alter_pool('masked', '{"max_size_limit": 2}')$$);
+SELECT dbpool_alter_pool('masked', '{"autoscale": true, "max_size_limit": 6, "max_size_floor": 2}');
+SELECT autoscale, max_size, max_size_limit, max_size_floor FROM dbpool_pools WHERE name = 'masked';
+SELECT dbpool_detailed_metrics('masked') -> 'settings' -> 'autoscale' AS detail;
+SELECT dbpool_alter_pool('masked', '{"autoscale": false, "max_size_floor": 0}');
 -- the health settings: defaults, then changed
 SELECT health_query, health_timeout_ms, health_check_interval_ms, health_max_latency_ms,
        health_max_utilization, health_max_error_rate, leak_threshold_ms

@@ -154,6 +154,39 @@ SELECT dbpool_reset_stats();
 SELECT dbpool_reset_stats(NULL);
 SELECT sum(queries_total) FROM dbpool_metrics;
 
+-- timeout tuning: the guide's rule, query_timeout_ms = max(3 x p95, 1000), acquire half of it
+SELECT dbpool_reset_stats('m');
+-- no traffic in the last 60 s: ten runs of the health query
+SELECT t->>'source' AS source, t->'samples' AS samples, t->'recommended' AS recommended,
+       t->'current' AS current, t->'applied' AS applied
+  FROM dbpool_tune_timeouts('m') t;
+SELECT queries_total FROM dbpool_metrics WHERE pool = 'm';
+SELECT query_timeout_ms, acquire_timeout_ms FROM dbpool_pools WHERE name = 'm';
+-- traffic of about 400 ms per query: 3 x p95 is above the floor
+SELECT dbpool_exec('m', 'SELECT pg_sleep(0.4)') FROM generate_series(1, 3);
+SELECT t->>'source' AS source, t->'samples' AS samples,
+       (t->>'p95_ms')::float8 BETWEEN 400 AND 2000 AS p95_plausible,
+       (t->'recommended'->>'query_timeout_ms')::int = ceil(3 * (t->>'p95_ms')::float8) AS rule,
+       (t->'recommended'->>'acquire_timeout_ms')::int * 2 - (t->'recommended'->>'query_timeout_ms')::int IN (0, 1) AS half
+  FROM dbpool_tune_timeouts('m', false) t;
+SELECT query_timeout_ms, acquire_timeout_ms FROM dbpool_pools WHERE name = 'm';
+-- applied when asked: the recommendation is written
+SELECT t->'recommended'->>'query_timeout_ms' AS rq, t->'recommended'->>'acquire_timeout_ms' AS ra,
+       t->'applied' AS applied
+  FROM dbpool_tune_timeouts('m', apply => true) t \gset
+SELECT :'applied' AS applied, query_timeout_ms = :rq AND acquire_timeout_ms = :ra AS written
+  FROM dbpool_pools WHERE name = 'm';
+SELECT dbpool_alter_pool('m', '{"query_timeout_ms": 0, "acquire_timeout_ms": 5000}');
+SELECT err($$SELECT dbpool_tune_timeouts(NULL)$$);
+SELECT err($$SELECT dbpool_tune_timeouts('m', NULL)$$);
+SELECT err($$SELECT dbpool_tune_timeouts('no_such_pool')$$);
+-- someone else may see the recommendation, but not apply it
+SET ROLE regress_stat_user;
+SELECT t->>'source' AS source FROM dbpool_tune_timeouts('m') t;
+SELECT err($$SELECT dbpool_tune_timeouts('m', true)$$);
+RESET ROLE;
+SELECT query_timeout_ms, acquire_timeout_ms FROM dbpool_pools WHERE name = 'm';
+
 -- health checks: bad input
 SELECT err($$SELECT dbpool_health('no_such_pool')$$);
 SELECT err($$SELECT dbpool_health(NULL::text)$$);

@@ -9,7 +9,7 @@ GRANT EXECUTE ON FUNCTION err(text) TO PUBLIC;
 SET ROLE regress_alice;
 SELECT err($$SELECT dbpool_create_pool('alice', 'dbname=x password=pw', min_size => 0)$$);
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int, int, text, int, int, int, float8, float8, int, text) TO regress_alice;
+GRANT EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int, int, text, int, int, int, float8, float8, int, boolean, int, int, text) TO regress_alice;
 
 -- a non-superuser's pool must bring its own password, and nothing from the server's files
 SET ROLE regress_alice;
@@ -91,6 +91,6 @@ DROP SEQUENCE planted_calls;
 
 SELECT dbpool_revoke_usage('regress', 'regress_readers');
 REVOKE ALL ON fconn FROM regress_alice, regress_bob;
-REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int, int, text, int, int, int, float8, float8, int, text) FROM regress_alice;
+REVOKE EXECUTE ON FUNCTION dbpool_create_pool(text, text, int, int, int, int, int, int, text, int, int, int, int, int, int, int, text, int, int, int, float8, float8, int, boolean, int, int, text) FROM regress_alice;
 DROP ROLE regress_alice, regress_bob, regress_readers;
 SELECT name, owner FROM dbpool_pools ORDER BY name;

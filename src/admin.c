@@ -135,9 +135,9 @@ hide_end(ErrorContextCallback *cb)
 	error_context_stack = cb->previous;
 }
 
-/* A text argument that must not be NULL. */
-static char *
-text_arg(FunctionCallInfo fcinfo, int n, const char *what)
+/* Argument n of an SQL function, as text; 22004 naming it (what) if it is NULL. */
+char *
+DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what)
 {
 	if (PG_ARGISNULL(n))
 		ereport(ERROR,
@@ -330,6 +330,11 @@ write_pool(const char *name, const char *conninfo, const char *backup, const Dbp
 			types[a] = FLOAT8OID;
 			values[a] = Float8GetDatum(*DbpoolSettingReal((DbpoolSettings *) s, d));
 		}
+		else if (d->type == DBPOOL_SETTING_BOOL)
+		{
+			types[a] = BOOLOID;
+			values[a] = BoolGetDatum(*DbpoolSettingBool((DbpoolSettings *) s, d));
+		}
 		else
 		{
 			const char *v = DbpoolSettingText((DbpoolSettings *) s, d);
@@ -373,8 +378,8 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
-	conninfo = text_arg(fcinfo, 1, "conninfo");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
+	conninfo = DbpoolTextArg(fcinfo, 1, "conninfo");
 	DbpoolValidateName(name);
 	DbpoolSettingsDefaults(&s);
 	for (i = 0; i < DbpoolNumSettings; i++)
@@ -392,6 +397,8 @@ dbpool_create_pool(PG_FUNCTION_ARGS)
 					 errmsg("%s must not be null", d->name)));
 		else if (d->type == DBPOOL_SETTING_REAL)
 			*DbpoolSettingReal(&s, d) = PG_GETARG_FLOAT8(2 + i);
+		else if (d->type == DBPOOL_SETTING_BOOL)
+			*DbpoolSettingBool(&s, d) = PG_GETARG_BOOL(2 + i);
 		else
 			*DbpoolSettingInt(&s, d) = PG_GETARG_INT32(2 + i);
 	}
@@ -462,7 +469,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -505,6 +512,8 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 			*DbpoolSettingInt(&s, d) = pg_strtoint32(v);
 		else if (d->type == DBPOOL_SETTING_REAL)
 			*DbpoolSettingReal(&s, d) = DbpoolSettingRealValue(d->name, v);
+		else if (d->type == DBPOOL_SETTING_BOOL)
+			*DbpoolSettingBool(&s, d) = (strcmp(v, "t") == 0);
 		else
 			set_text_setting(&s, d, v);
 	}
@@ -559,6 +568,15 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 							 errdetail("%s takes a number.", key)));
 				*DbpoolSettingReal(&s, d) = DbpoolSettingRealValue(key, text);
 			}
+			else if (d->type == DBPOOL_SETTING_BOOL)
+			{
+				if (strcmp(type, "boolean") != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("invalid value for %s: %s", key, text ? text : "null"),
+							 errdetail("%s takes true or false.", key)));
+				*DbpoolSettingBool(&s, d) = (strcmp(text, "true") == 0);
+			}
 			else if (strcmp(type, "null") == 0)
 				set_text_setting(&s, d, "");
 			else if (strcmp(type, "string") == 0)
@@ -605,7 +623,7 @@ dbpool_drop_pool(PG_FUNCTION_ARGS)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	spi_begin(&spi);
 	check_owner(name, lock_pool(name), spi.saved_user);
 	values[0] = CStringGetTextDatum(name);
@@ -628,7 +646,7 @@ change_usage(FunctionCallInfo fcinfo, bool grant)
 	DbpoolCheckLoaded();
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
-	name = text_arg(fcinfo, 0, "pool name");
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

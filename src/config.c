@@ -333,6 +333,8 @@ config_from_row(HeapTuple tup, TupleDesc desc)
 			*DbpoolSettingInt(&cfg->settings, sd) = DatumGetInt32(d);
 		else if (sd->type == DBPOOL_SETTING_REAL)
 			*DbpoolSettingReal(&cfg->settings, sd) = DatumGetFloat8(d);
+		else if (sd->type == DBPOOL_SETTING_BOOL)
+			*DbpoolSettingBool(&cfg->settings, sd) = DatumGetBool(d);
 		else
 		{
 			char	   *v = TextDatumGetCString(d);

@@ -28,6 +28,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
@@ -107,13 +108,17 @@ typedef struct DbpoolSettings
 	double		health_max_error_rate;	/* deep check: 60 s error rate below */
 	int			leak_threshold_ms;	/* busy with one request longer: a suspected leak;
 									 * 0 = no detection */
+	bool		autoscale;		/* the worker resizes max_size from utilization and QPS */
+	int			max_size_limit; /* autoscaling and scale_up never go above */
+	int			max_size_floor; /* autoscaling never goes below; 0 = min(10, max_size) */
 } DbpoolSettings;
 
 typedef enum DbpoolSettingType
 {
 	DBPOOL_SETTING_INT,			/* SQL int */
 	DBPOOL_SETTING_TEXT,		/* SQL text; "" = NULL = none, unless it has a default */
-	DBPOOL_SETTING_REAL			/* SQL float8, finite, within [min_real, max_real] */
+	DBPOOL_SETTING_REAL,		/* SQL float8, finite, within [min_real, max_real] */
+	DBPOOL_SETTING_BOOL			/* SQL boolean; default_int is its default */
 } DbpoolSettingType;
 
 typedef struct DbpoolSettingDesc
@@ -137,6 +142,8 @@ extern int *DbpoolSettingInt(DbpoolSettings *s, const DbpoolSettingDesc *d);
 extern char *DbpoolSettingText(DbpoolSettings *s, const DbpoolSettingDesc *d);
 extern double *DbpoolSettingReal(DbpoolSettings *s, const DbpoolSettingDesc *d);
 extern double DbpoolSettingRealValue(const char *name, const char *text);
+extern bool *DbpoolSettingBool(DbpoolSettings *s, const DbpoolSettingDesc *d);
+extern int	DbpoolMaxSizeFloor(const DbpoolSettings *s);
 extern void DbpoolValidateSettings(const DbpoolSettings *s);
 extern void DbpoolValidateName(const char *name);
 
@@ -286,6 +293,7 @@ extern DbpoolPoolSlot *DbpoolRegistryCopy(int *n);
 extern void DbpoolCheckLoaded(void);
 extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
+extern char *DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what);
 
 /* ---------- a backend's handshakes with the worker (sync.c) ---------- */
 

@@ -135,6 +135,8 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 			appendStringInfo(buf, "%d", *DbpoolSettingInt(&p->settings, d));
 		else if (d->type == DBPOOL_SETTING_REAL)
 			appendStringInfoString(buf, float8out_internal(*DbpoolSettingReal(&p->settings, d)));
+		else if (d->type == DBPOOL_SETTING_BOOL)
+			appendStringInfoString(buf, *DbpoolSettingBool(&p->settings, d) ? "true" : "false");
 		else if (DbpoolSettingText(&p->settings, d)[0] == '\0')
 			appendStringInfoString(buf, "null");
 		else

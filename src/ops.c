@@ -44,11 +44,7 @@ request_op(FunctionCallInfo fcinfo, uint32 op, const char *what)
 	uint64		target;
 
 	DbpoolCheckLoaded();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("pool name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	DbpoolWaitForCommittedConfig();
 	slots = DbpoolRegistryCopy(&n);
 	p = DbpoolFindSlot(slots, n, name, false);

@@ -451,16 +451,8 @@ run_request(char kind, FunctionCallInfo fcinfo, ResultSink *sink)
 	volatile bool finished = false;
 
 	DbpoolCheckLoaded();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("pool name must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("query text must not be null")));
-	pool = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	pool = DbpoolTextArg(fcinfo, 0, "pool name");
+	sql = DbpoolTextArg(fcinfo, 1, "query text");
 	params = PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2);
 
 	if (request_in_progress)

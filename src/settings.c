@@ -13,6 +13,8 @@
 	{#field, DBPOOL_SETTING_INT, offsetof(DbpoolSettings, field), def, min, 0, 0, 0, NULL}
 #define TEXT_SETTING(field, def) \
 	{#field, DBPOOL_SETTING_TEXT, offsetof(DbpoolSettings, field), 0, 0, 0, 0, 0, def}
+#define BOOL_SETTING(field, def) \
+	{#field, DBPOOL_SETTING_BOOL, offsetof(DbpoolSettings, field), def, 0, 0, 0, 0, NULL}
 #define REAL_SETTING(field, def, min, max) \
 	{#field, DBPOOL_SETTING_REAL, offsetof(DbpoolSettings, field), 0, 0, def, min, max, NULL}
 
@@ -39,6 +41,9 @@ const DbpoolSettingDesc DbpoolSettingDescs[] = {
 	REAL_SETTING(health_max_utilization, 0.9, 0.0, 1.0),
 	REAL_SETTING(health_max_error_rate, 0.01, 0.0, 1.0),
 	INT_SETTING(leak_threshold_ms, 300000, 0),
+	BOOL_SETTING(autoscale, false),
+	INT_SETTING(max_size_limit, 200, 1),
+	INT_SETTING(max_size_floor, 0, 0),
 };
 const int	DbpoolNumSettings = lengthof(DbpoolSettingDescs);
 
@@ -57,6 +62,8 @@ DbpoolSettingsDefaults(DbpoolSettings *s)
 			*DbpoolSettingInt(s, d) = d->default_int;
 		else if (d->type == DBPOOL_SETTING_REAL)
 			*DbpoolSettingReal(s, d) = d->default_real;
+		else if (d->type == DBPOOL_SETTING_BOOL)
+			*DbpoolSettingBool(s, d) = (d->default_int != 0);
 		else if (d->default_text)
 			strlcpy(DbpoolSettingText(s, d), d->default_text, DBPOOL_TEXT_SETTING_LEN);
 	}
@@ -84,6 +91,23 @@ DbpoolSettingReal(DbpoolSettings *s, const DbpoolSettingDesc *d)
 {
 	Assert(d->type == DBPOOL_SETTING_REAL);
 	return (double *) ((char *) s + d->offset);
+}
+
+/* The boolean field that d describes. */
+bool *
+DbpoolSettingBool(DbpoolSettings *s, const DbpoolSettingDesc *d)
+{
+	Assert(d->type == DBPOOL_SETTING_BOOL);
+	return (bool *) ((char *) s + d->offset);
+}
+
+/* The size autoscaling never goes below: max_size_floor, or when 0 the smaller of 10 and max_size. */
+int
+DbpoolMaxSizeFloor(const DbpoolSettings *s)
+{
+	if (s->max_size_floor > 0)
+		return s->max_size_floor;
+	return Max(Min(10, s->max_size), s->min_size);
 }
 
 /* Parse text as the value of the float8 setting name, or raise 22023. */
@@ -134,7 +158,7 @@ DbpoolValidateSettings(const DbpoolSettings *s)
 						 errdetail("%s must be between %g and %g.", d->name, d->min_real,
 								   d->max_real)));
 		}
-		else if (d->default_text &&
+		else if (d->type == DBPOOL_SETTING_TEXT && d->default_text &&
 				 DbpoolSettingText((DbpoolSettings *) s, d)[0] == '\0')
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -152,6 +176,18 @@ DbpoolValidateSettings(const DbpoolSettings *s)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for retry_max_ms: %d", s->retry_max_ms),
 				 errdetail("retry_max_ms must be at least retry_base_ms (%d).", s->retry_base_ms)));
+	if (s->max_size > s->max_size_limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for max_size: %d", s->max_size),
+				 errdetail("max_size must not exceed max_size_limit (%d).", s->max_size_limit)));
+	if (s->max_size_floor > 0 &&
+		(s->max_size_floor < s->min_size || s->max_size_floor > s->max_size))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for max_size_floor: %d", s->max_size_floor),
+				 errdetail("max_size_floor must be between min_size (%d) and max_size (%d), or 0.",
+						   s->min_size, s->max_size)));
 	if (s->max_size > DbpoolMaxConnections)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

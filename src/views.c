@@ -139,6 +139,8 @@ dbpool_pools(PG_FUNCTION_ARGS)
 				values[c] = Int32GetDatum(*DbpoolSettingInt(&p->settings, d));
 			else if (d->type == DBPOOL_SETTING_REAL)
 				values[c] = Float8GetDatum(*DbpoolSettingReal(&p->settings, d));
+			else if (d->type == DBPOOL_SETTING_BOOL)
+				values[c] = BoolGetDatum(*DbpoolSettingBool(&p->settings, d));
 			else
 			{
 				char	   *v = DbpoolSettingText(&p->settings, d);
