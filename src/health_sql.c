@@ -401,6 +401,7 @@ dbpool_health_pool(PG_FUNCTION_ARGS)
 	DbpoolPoolFigures *f = palloc(sizeof(DbpoolPoolFigures));
 	PoolCheck	check = {0};
 	StringInfoData buf;
+	char	   *name;
 	double		latency_ms;
 	double		error_rate;
 	bool		connectivity,
@@ -410,12 +411,9 @@ dbpool_health_pool(PG_FUNCTION_ARGS)
 	int			n;
 
 	DbpoolCheckLoaded();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("pool name must not be null")));
+	name = DbpoolTextArg(fcinfo, 0, "pool name");
 	slots = registry(&n);
-	p = DbpoolFindSlot(slots, n, text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+	p = DbpoolFindSlot(slots, n, name, false);
 	check.slot = p;
 	run_checks(&check, 1);
 	if (check.gone)
