@@ -108,7 +108,6 @@ publish_config(WorkerPool *pool, const PoolConfig *cfg)
 	LWLockAcquire(DbpoolShmem->lock, LW_EXCLUSIVE);
 	slot->in_use = true;
 	slot->pool_id = pool->pool_id;
-	pg_atomic_write_u32(&slot->ops_pending, 0);	/* none were for this pool */
 	strlcpy(slot->name, cfg->name, sizeof(slot->name));
 	slot->owner = cfg->owner;
 	slot->ngrantees = cfg->ngrantees;
@@ -180,7 +179,9 @@ create_pool(const PoolConfig *cfg)
 	pool->primary.pool = pool->backup.pool = pool;
 	pool->backup.backup = true;
 	pool->health_last = GetCurrentTimestamp();	/* the first probe after an interval */
-	pg_atomic_write_u64(&DbpoolShmem->pools[slot].health_requested, 0);	/* none for it */
+	/* requests marked for the slot's previous pool are not for this one */
+	pg_atomic_write_u32(&DbpoolShmem->pools[slot].ops_pending, 0);
+	pg_atomic_write_u64(&DbpoolShmem->pools[slot].health_requested, 0);
 	dlist_push_tail(&DbpoolWorkerPools, &pool->node);
 	DbpoolStatsPoolCreated(pool);
 	return pool;
