@@ -36,6 +36,7 @@ OBJS = \
 	src/figures.o \
 	src/views.o \
 	src/detail.o \
+	src/json_out.o \
 	src/tune.o \
 	src/health_sql.o \
 	src/diagnose.o \

@@ -24,44 +24,6 @@ PG_FUNCTION_INFO_V1(dbpool_detailed_metrics);
 /* The keys of the DbpoolPercentile values. */
 static const char *const percentile_keys[DBPOOL_NUM_PERCENTILES] = {"p50_ms", "p95_ms", "p99_ms"};
 
-/* Append a JSON string key followed by a colon. */
-static void
-key(StringInfo buf, const char *k)
-{
-	escape_json(buf, k);
-	appendStringInfoChar(buf, ':');
-}
-
-/* Append a JSON string, or null for NULL. */
-static void
-json_string(StringInfo buf, const char *s)
-{
-	if (s == NULL)
-		appendStringInfoString(buf, "null");
-	else
-		escape_json(buf, s);
-}
-
-/* Append a timestamp as a JSON string, or null for 0. */
-static void
-json_time(StringInfo buf, TimestampTz t)
-{
-	if (t == 0)
-		appendStringInfoString(buf, "null");
-	else
-		escape_json(buf, timestamptz_to_str(t));
-}
-
-/* Append a latency in ms (rounded to the us), or null when there is no sample (-1). */
-static void
-json_ms(StringInfo buf, double ms)
-{
-	if (ms < 0)
-		appendStringInfoString(buf, "null");
-	else
-		appendStringInfo(buf, "%.3f", ms);
-}
-
 /* Append the non-empty buckets of a histogram: [{lower_ms, upper_ms, count}, ...]. */
 static void
 json_buckets(StringInfo buf, const uint64 *count)
@@ -98,7 +60,7 @@ json_latency(StringInfo buf, const DbpoolLatencyFigures *l)
 	for (i = 0; i < DBPOOL_NUM_PERCENTILES; i++)
 	{
 		appendStringInfo(buf, ",\"%s\":", percentile_keys[i]);
-		json_ms(buf, l->window_ms[i]);
+		DbpoolJsonMs(buf, l->window_ms[i]);
 	}
 	appendStringInfoString(buf, ",\"buckets\":");
 	json_buckets(buf, l->window);
@@ -117,10 +79,10 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 	int			i;
 
 	appendStringInfoChar(buf, '{');
-	key(buf, "conninfo");
+	DbpoolJsonKey(buf, "conninfo");
 	escape_json(buf, DbpoolTextShow(p->conninfo));
 	appendStringInfoChar(buf, ',');
-	key(buf, "backup_conninfo");
+	DbpoolJsonKey(buf, "backup_conninfo");
 	if (p->backup_conninfo[0])
 		escape_json(buf, DbpoolTextShow(p->backup_conninfo));
 	else
@@ -130,7 +92,7 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 		const DbpoolSettingDesc *d = &DbpoolSettingDescs[i];
 
 		appendStringInfoChar(buf, ',');
-		key(buf, d->name);
+		DbpoolJsonKey(buf, d->name);
 		if (d->type == DBPOOL_SETTING_INT)
 			appendStringInfo(buf, "%d", *DbpoolSettingInt(&p->settings, d));
 		else if (d->type == DBPOOL_SETTING_REAL)
@@ -143,13 +105,13 @@ json_settings(StringInfo buf, DbpoolPoolSlot *p)
 			escape_json(buf, DbpoolTextShow(DbpoolSettingText(&p->settings, d)));
 	}
 	appendStringInfoChar(buf, ',');
-	key(buf, "owner");
+	DbpoolJsonKey(buf, "owner");
 	if (owner)
 		escape_json(buf, owner);
 	else
 		appendStringInfoString(buf, "null");
 	appendStringInfoString(buf, ",\"created_at\":");
-	json_time(buf, p->created_at);
+	DbpoolJsonTime(buf, p->created_at);
 	appendStringInfoChar(buf, '}');
 }
 
@@ -184,19 +146,19 @@ json_connections(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, in
 		else
 			appendStringInfoString(buf, ",\"remote_pid\":null");
 		appendStringInfoString(buf, ",\"created_at\":");
-		json_time(buf, f.created_at);
+		DbpoolJsonTime(buf, f.created_at);
 		appendStringInfoString(buf, ",\"state_since\":");
-		json_time(buf, f.state_since);
+		DbpoolJsonTime(buf, f.state_since);
 		appendStringInfo(buf, ",\"active_seconds\":%.6f,\"queries_served\":" UINT64_FORMAT,
 						 f.active_seconds, f.queries_served);
 		appendStringInfoString(buf, ",\"last_query\":");
-		json_string(buf, f.last_query);
+		DbpoolJsonString(buf, f.last_query);
 		appendStringInfoString(buf, ",\"last_error\":");
-		json_string(buf, f.last_error);
+		DbpoolJsonString(buf, f.last_error);
 		appendStringInfoString(buf, ",\"application_name\":");
-		json_string(buf, f.application_name);
+		DbpoolJsonString(buf, f.application_name);
 		appendStringInfoString(buf, ",\"client_query\":");
-		json_string(buf, f.client_query);
+		DbpoolJsonString(buf, f.client_query);
 		appendStringInfo(buf, ",\"suspected_leak\":%s", f.suspected_leak ? "true" : "false");
 		appendStringInfoChar(buf, '}');
 	}
@@ -213,11 +175,11 @@ json_pool(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, int nentr
 	DbpoolReadPoolFigures(p, f);
 
 	appendStringInfoChar(buf, '{');
-	key(buf, "pool");
+	DbpoolJsonKey(buf, "pool");
 	escape_json(buf, f->name);
 	appendStringInfo(buf, ",\"state\":\"%s\",\"target\":\"%s\",\"stats_reset\":",
 					 DbpoolPoolStateName(f->state), p->on_backup ? "backup" : "primary");
-	json_time(buf, f->stats_reset);
+	DbpoolJsonTime(buf, f->stats_reset);
 	appendStringInfoString(buf, ",\"settings\":");
 	json_settings(buf, p);
 
@@ -227,7 +189,7 @@ json_pool(StringInfo buf, DbpoolPoolSlot *p, DbpoolConnEntry *entries, int nentr
 					 "\"leaks_suspected\":%d,\"oldest_wait_ms\":",
 					 f->total, f->active, f->idle, f->connecting, f->max_size,
 					 f->utilization, f->waiting, f->leaks_suspected);
-	json_ms(buf, f->oldest_wait_ms);
+	DbpoolJsonMs(buf, f->oldest_wait_ms);
 	appendStringInfoString(buf, "},\"counters\":{");
 	for (i = 0; i < DBPOOL_NUM_COUNTERS; i++)
 		appendStringInfo(buf, "%s\"%s\":" UINT64_FORMAT, i ? "," : "",
@@ -288,7 +250,7 @@ dbpool_detailed_metrics(PG_FUNCTION_ARGS)
 			if (!first)
 				appendStringInfoChar(&buf, ',');
 			first = false;
-			key(&buf, slots[i].name);
+			DbpoolJsonKey(&buf, slots[i].name);
 			json_pool(&buf, &slots[i], entries, nentries);
 		}
 		appendStringInfoChar(&buf, '}');

@@ -78,16 +78,6 @@ json_strings(StringInfo buf, List *strings)
 	appendStringInfoChar(buf, ']');
 }
 
-/* Append a JSON string, or null for NULL. */
-static void
-json_string(StringInfo buf, const char *s)
-{
-	if (s == NULL)
-		appendStringInfoString(buf, "null");
-	else
-		escape_json(buf, s);
-}
-
 /* The state issues: pool_down (critical) and pool_degraded (medium). */
 static void
 state_issues(List **issues, const DbpoolPoolSlot *p, const DbpoolPoolFigures *f)
@@ -262,11 +252,11 @@ json_suspicious(StringInfo buf, const DbpoolPoolSlot *p, TimestampTz now)
 		else
 			appendStringInfoString(buf, "null");
 		appendStringInfo(buf, ",\"active_seconds\":%.3f,\"application_name\":", c.active_seconds);
-		json_string(buf, c.application_name);
+		DbpoolJsonString(buf, c.application_name);
 		appendStringInfoString(buf, ",\"client_query\":");
-		json_string(buf, c.client_query);
+		DbpoolJsonString(buf, c.client_query);
 		appendStringInfoString(buf, ",\"last_query\":");
-		json_string(buf, c.last_query);
+		DbpoolJsonString(buf, c.last_query);
 		appendStringInfoChar(buf, '}');
 	}
 	appendStringInfoChar(buf, ']');
@@ -307,9 +297,9 @@ json_slow(StringInfo buf, const DbpoolPoolSlot *p, uint64 seq_at_reset)
 						 DbpoolRoundMs(e->duration_us / 1000.0));
 		escape_json(buf, timestamptz_to_str(e->started_at));
 		appendStringInfo(buf, ",\"client_pid\":%d,\"role\":", e->client_pid);
-		json_string(buf, role);
+		DbpoolJsonString(buf, role);
 		appendStringInfo(buf, ",\"rows\":" INT64_FORMAT ",\"sqlstate\":", e->rows);
-		json_string(buf, e->sqlstate[0] ? e->sqlstate : NULL);
+		DbpoolJsonString(buf, e->sqlstate[0] ? e->sqlstate : NULL);
 		appendStringInfoChar(buf, '}');
 	}
 	appendStringInfoChar(buf, ']');

@@ -151,6 +151,13 @@ extern void DbpoolPrometheusRender(StringInfo buf, const char *prefix);
 extern DbpoolHealthStatus DbpoolHealthSummary(StringInfo buf);
 extern const char *DbpoolHealthStatusName(DbpoolHealthStatus status);
 
+/* the pieces of the jsonb documents (json_out.c) */
+extern void DbpoolJsonKey(StringInfo buf, const char *k);
+extern void DbpoolJsonString(StringInfo buf, const char *s);
+extern void DbpoolJsonTime(StringInfo buf, TimestampTz t);
+extern void DbpoolJsonUtc(StringInfo buf, TimestampTz t);
+extern void DbpoolJsonMs(StringInfo buf, double ms);
+
 /* helpers of the SQL functions (views.c) */
 extern DbpoolPoolSlot *DbpoolFindSlot(DbpoolPoolSlot *slots, int n, const char *name,
 									  bool dropping);

@@ -175,50 +175,6 @@ run_checks(PoolCheck *checks, int n)
 	pfree(buf);
 }
 
-/* Append a JSON string key followed by a colon. */
-static void
-key(StringInfo buf, const char *k)
-{
-	escape_json(buf, k);
-	appendStringInfoChar(buf, ':');
-}
-
-/* Append a JSON string, or null for NULL. */
-static void
-json_string(StringInfo buf, const char *s)
-{
-	if (s == NULL)
-		appendStringInfoString(buf, "null");
-	else
-		escape_json(buf, s);
-}
-
-/* Append a timestamp as an ISO 8601 string in UTC, or null for 0. */
-static void
-json_utc(StringInfo buf, TimestampTz t)
-{
-	char		out[MAXDATELEN + 1];
-	int			utc = 0;
-
-	if (t == 0)
-	{
-		appendStringInfoString(buf, "null");
-		return;
-	}
-	JsonEncodeDateTime(out, TimestampTzGetDatum(t), TIMESTAMPTZOID, &utc);
-	appendStringInfo(buf, "\"%s\"", out);
-}
-
-/* Append a number in ms, or null when unknown (-1). */
-static void
-json_ms(StringInfo buf, double ms)
-{
-	if (ms < 0)
-		appendStringInfoString(buf, "null");
-	else
-		appendStringInfo(buf, "%.3f", ms);
-}
-
 /* Append a float8, or null when it is not finite. */
 static void
 json_float(StringInfo buf, double v)
@@ -308,7 +264,7 @@ dbpool_health(PG_FUNCTION_ARGS)
 		appendStringInfoString(&buf, "{\"pool\":");
 		escape_json(&buf, c->slot->name);
 		appendStringInfoString(&buf, ",\"error\":");
-		json_string(&buf, DbpoolHealthShownError(&c->result, c->slot->owner));
+		DbpoolJsonString(&buf, DbpoolHealthShownError(&c->result, c->slot->owner));
 		appendStringInfoChar(&buf, '}');
 	}
 	appendStringInfoString(&buf, "],\"pools\":{");
@@ -325,19 +281,19 @@ dbpool_health(PG_FUNCTION_ARGS)
 		first = false;
 		/* the state now (a single store, read without the lock), as the check left it */
 		state = DbpoolShmem->pools[c->slot->index].state;
-		key(&buf, c->slot->name);
+		DbpoolJsonKey(&buf, c->slot->name);
 		appendStringInfo(&buf, "{\"ok\":%s,\"state\":\"%s\",\"latency_ms\":",
 						 c->result.ok ? "true" : "false", DbpoolPoolStateName(state));
-		json_ms(&buf, DbpoolHealthLatencyMs(&c->result));
+		DbpoolJsonMs(&buf, DbpoolHealthLatencyMs(&c->result));
 		appendStringInfoString(&buf, ",\"checked_at\":");
-		json_utc(&buf, c->result.at);
+		DbpoolJsonUtc(&buf, c->result.at);
 		appendStringInfo(&buf, ",\"saturated\":%s,\"kind\":\"%s\"}",
 						 c->result.saturated ? "true" : "false",
 						 DbpoolHealthKindName(c->result.kind));
 	}
 	appendStringInfo(&buf, "},\"status\":\"%s\",\"timestamp\":",
 					 failed == 0 ? "healthy" : failed == shown ? "unhealthy" : "degraded");
-	json_utc(&buf, GetCurrentTimestamp());
+	DbpoolJsonUtc(&buf, GetCurrentTimestamp());
 	appendStringInfoChar(&buf, '}');
 	PG_RETURN_DATUM(as_jsonb(&buf));
 }
@@ -353,35 +309,35 @@ json_metrics(StringInfo buf, const DbpoolPoolFigures *f)
 					 DbpoolPoolStateName(f->state), f->total, f->active, f->idle, f->max_size);
 	json_float(buf, f->utilization);
 	appendStringInfo(buf, ",\"waiting_queue_length\":%d,\"acquire_latency_p50_ms\":", f->waiting);
-	json_ms(buf, f->acquire.window_ms[DBPOOL_P50]);
+	DbpoolJsonMs(buf, f->acquire.window_ms[DBPOOL_P50]);
 	appendStringInfoString(buf, ",\"acquire_latency_p99_ms\":");
-	json_ms(buf, f->acquire.window_ms[DBPOOL_P99]);
+	DbpoolJsonMs(buf, f->acquire.window_ms[DBPOOL_P99]);
 	appendStringInfo(buf, ",\"queries_total\":" UINT64_FORMAT ",\"errors_total\":" UINT64_FORMAT
 					 ",\"queries_per_second\":",
 					 f->counters[DBPOOL_C_QUERIES], f->counters[DBPOOL_C_ERRORS]);
 	json_float(buf, minute->queries_per_second);
 	appendStringInfoString(buf, ",\"latency_p50_ms\":");
-	json_ms(buf, f->query.window_ms[DBPOOL_P50]);
+	DbpoolJsonMs(buf, f->query.window_ms[DBPOOL_P50]);
 	appendStringInfoString(buf, ",\"latency_p95_ms\":");
-	json_ms(buf, f->query.window_ms[DBPOOL_P95]);
+	DbpoolJsonMs(buf, f->query.window_ms[DBPOOL_P95]);
 	appendStringInfoString(buf, ",\"latency_p99_ms\":");
-	json_ms(buf, f->query.window_ms[DBPOOL_P99]);
+	DbpoolJsonMs(buf, f->query.window_ms[DBPOOL_P99]);
 	appendStringInfoString(buf, ",\"error_rate\":");
 	json_float(buf, minute->error_rate);
 	appendStringInfo(buf, ",\"slow_queries_count\":" UINT64_FORMAT ",\"timeouts_total\":" UINT64_FORMAT
 					 ",\"stats_reset\":",
 					 f->counters[DBPOOL_C_SLOW], f->timeouts);
-	json_utc(buf, f->stats_reset);
+	DbpoolJsonUtc(buf, f->stats_reset);
 	appendStringInfo(buf, ",\"connecting_connections\":%d,\"oldest_wait_ms\":", f->connecting);
-	json_ms(buf, f->oldest_wait_ms);
+	DbpoolJsonMs(buf, f->oldest_wait_ms);
 	appendStringInfo(buf, ",\"cancels_total\":" UINT64_FORMAT ",\"last_health_check_at\":",
 					 f->counters[DBPOOL_C_CANCELS]);
-	json_utc(buf, f->health.at);
+	DbpoolJsonUtc(buf, f->health.at);
 	appendStringInfo(buf, ",\"last_health_check_ok\":%s,\"last_health_check_latency_ms\":",
 					 f->health.at == 0 ? "null" : f->health.ok ? "true" : "false");
-	json_ms(buf, f->health_latency_ms);
+	DbpoolJsonMs(buf, f->health_latency_ms);
 	appendStringInfoString(buf, ",\"last_health_check_error\":");
-	json_string(buf, f->health_error);
+	DbpoolJsonString(buf, f->health_error);
 	appendStringInfoChar(buf, '}');
 }
 
@@ -436,15 +392,15 @@ dbpool_health_pool(PG_FUNCTION_ARGS)
 	appendStringInfo(&buf, ",\"overall_healthy\":%s,\"checks\":{",
 					 connectivity && performance && resources && errors ? "true" : "false");
 	appendStringInfo(&buf, "\"connectivity\":{\"ok\":%s,\"error\":", connectivity ? "true" : "false");
-	json_string(&buf, DbpoolHealthShownError(&check.result, p->owner));
+	DbpoolJsonString(&buf, DbpoolHealthShownError(&check.result, p->owner));
 	appendStringInfoString(&buf, ",\"checked_at\":");
-	json_utc(&buf, check.result.at);
+	DbpoolJsonUtc(&buf, check.result.at);
 	appendStringInfo(&buf, ",\"saturated\":%s,\"kind\":\"%s\"}",
 					 check.result.saturated ? "true" : "false",
 					 DbpoolHealthKindName(check.result.kind));
 	appendStringInfo(&buf, ",\"performance\":{\"ok\":%s,\"latency_ms\":",
 					 performance ? "true" : "false");
-	json_ms(&buf, latency_ms);
+	DbpoolJsonMs(&buf, latency_ms);
 	appendStringInfo(&buf, ",\"threshold_ms\":%d}", p->settings.health_max_latency_ms);
 	appendStringInfo(&buf, ",\"resource_usage\":{\"ok\":%s,\"utilization\":",
 					 resources ? "true" : "false");
