@@ -58,6 +58,7 @@ DbpoolConnSetState(WorkerConn *conn, ConnState state)
 		conn->active_us += Max(now - conn->state_since, 0);
 	conn->state = state;
 	conn->state_since = now;
+	DbpoolWorkerConnDirty(conn);
 	DbpoolStatsConnUpdate(conn);
 }
 
@@ -82,6 +83,7 @@ DbpoolConnFlushSent(WorkerConn *conn, int ok)
 	if (r < 0)
 		return false;
 	conn->flushing = (r == 1);
+	DbpoolWorkerConnDirty(conn);
 	return true;
 }
 
@@ -522,6 +524,7 @@ DbpoolConnIdleAlive(WorkerConn *conn)
 void
 DbpoolConnProcess(WorkerConn *conn)
 {
+	DbpoolWorkerConnDirty(conn);
 	switch (conn->state)
 	{
 		case CONN_CONNECTING:
@@ -641,6 +644,7 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 		ReleaseExternalFD();
 	if (conn->wait_pos >= 0)
 		DbpoolWorkerSocketsChanged();
+	DbpoolWorkerConnForget(conn);
 	pfree(conn->error.data);
 	pfree(conn);
 	DbpoolPoolConnClosed(pool);

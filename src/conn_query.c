@@ -232,6 +232,7 @@ DbpoolConnOrphan(WorkerConn *conn)
 	if (conn->ch)
 		conn->ch->conn = NULL;
 	conn->ch = NULL;
+	DbpoolWorkerConnDirty(conn);	/* a blocked client no longer holds its socket back */
 	if (conn->state != CONN_ACTIVE || conn->orphaned)
 		return;
 	conn->orphaned = true;
@@ -266,7 +267,7 @@ DbpoolConnOrphan(WorkerConn *conn)
 	 * the connection at the next loop iteration, without waiting.
 	 */
 	conn->readable = true;
-	SetLatch(MyLatch);
+	DbpoolWorkerConnReady(conn);
 }
 
 /*
@@ -622,6 +623,7 @@ DbpoolConnProcessResults(WorkerConn *conn)
 {
 	PGconn	   *pg = conn->pg;
 
+	DbpoolWorkerConnDirty(conn);	/* its flushing or its client's backpressure may change */
 	if (conn->state == CONN_CLEANUP && conn->cleanup_step == CLEANUP_AWAIT_CANCEL)
 		return;
 	if (conn->flushing && conn->writable)

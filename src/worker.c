@@ -64,6 +64,16 @@ bool		DbpoolWorkerCapBlocked = false;	/* a pool waits for room under the global 
 
 static bool sockets_changed = true;
 static dlist_head blocked_channels = DLIST_STATIC_INIT(blocked_channels);
+
+/*
+ * The loop's work follows the connections that have something to do, not all
+ * of them: ready_conns holds those the last wait reported (or that must be
+ * driven without an event), dirty_conns those whose wanted socket events may
+ * have changed since they were registered.  A connection leaves both when it
+ * is closed (DbpoolWorkerConnForget).
+ */
+static dlist_head ready_conns = DLIST_STATIC_INIT(ready_conns);
+static dlist_head dirty_conns = DLIST_STATIC_INIT(dirty_conns);
 static TimestampTz next_tick = 0;
 static WaitEventSet *wait_set = NULL;
 static MemoryContext loop_cxt = NULL;
@@ -76,10 +86,45 @@ DbpoolWorkerSocketsChanged(void)
 	sockets_changed = true;
 }
 
+/* Drive conn in this loop iteration (its socket was reported, or it must go on without an event). */
+void
+DbpoolWorkerConnReady(WorkerConn *conn)
+{
+	if (!conn->on_ready)
+	{
+		dlist_push_tail(&ready_conns, &conn->ready_node);
+		conn->on_ready = true;
+	}
+}
+
+/* conn's wanted socket events may have changed: look at them before the next wait. */
+void
+DbpoolWorkerConnDirty(WorkerConn *conn)
+{
+	if (!conn->on_dirty)
+	{
+		dlist_push_tail(&dirty_conns, &conn->dirty_node);
+		conn->on_dirty = true;
+	}
+}
+
+/* conn is being closed: take it off the ready and dirty lists. */
+void
+DbpoolWorkerConnForget(WorkerConn *conn)
+{
+	if (conn->on_ready)
+		dlist_delete(&conn->ready_node);
+	if (conn->on_dirty)
+		dlist_delete(&conn->dirty_node);
+	conn->on_ready = conn->on_dirty = false;
+}
+
 /* A channel's queue is full: retry its response when the backend reads. */
 void
 DbpoolWorkerBlocked(WorkerChannel *ch)
 {
+	if (ch->conn)
+		DbpoolWorkerConnDirty(ch->conn);	/* it stops reading its socket */
 	dlist_push_tail(&blocked_channels, &ch->blocked_node);
 }
 
@@ -232,64 +277,71 @@ rebuild_wait_set(void)
 	sockets_changed = false;
 }
 
-/* Bring the wait set in line with what each connection wants, rebuilding if needed. */
+/*
+ * Bring the wait set in line with what each dirty connection wants: modify
+ * its event in place, or rebuild the set when a socket leaves or joins it.
+ */
 static void
 update_wait_set(void)
 {
-	dlist_iter	pit;
-
-	if (!sockets_changed)
+	while (!dlist_is_empty(&dirty_conns))
 	{
-		dlist_foreach(pit, &DbpoolWorkerPools)
+		WorkerConn *conn = dlist_container(WorkerConn, dirty_node, dlist_pop_head_node(&dirty_conns));
+		uint32		want;
+
+		conn->on_dirty = false;
+		if (sockets_changed)
+			continue;			/* the rebuild looks at every connection */
+		want = DbpoolConnWantedEvents(conn);
+		if (want == conn->wait_events)
+			continue;
+		if (want == 0 || conn->wait_pos < 0)
 		{
-			WorkerPool *pool = dlist_container(WorkerPool, node, pit.cur);
-			dlist_iter	cit;
-
-			dlist_foreach(cit, &pool->conns)
-			{
-				WorkerConn *conn = dlist_container(WorkerConn, pool_node, cit.cur);
-				uint32		want = DbpoolConnWantedEvents(conn);
-
-				if (want == conn->wait_events)
-					continue;
-				if (want == 0 || conn->wait_pos < 0)
-				{
-					sockets_changed = true;
-					break;
-				}
-				ModifyWaitEvent(wait_set, conn->wait_pos, want, NULL);
-				conn->wait_events = want;
-			}
-			if (sockets_changed)
-				break;
+			sockets_changed = true;
+			continue;
 		}
+		ModifyWaitEvent(wait_set, conn->wait_pos, want, NULL);
+		conn->wait_events = want;
 	}
 	if (sockets_changed)
 		rebuild_wait_set();
 }
 
-/* Drive every connection that the last wait reported (or that a cancel thread finished); retry queued cancels. */
+/*
+ * Drive the connections that are ready: those the last wait reported, and
+ * those that must go on without an event.  Only while a cancel is queued or
+ * awaited does this look at every connection (to retry or finish them).
+ */
 static void
 process_connections(void)
 {
-	dlist_mutable_iter pit;
-
-	dlist_foreach_modify(pit, &DbpoolWorkerPools)
+	if (DbpoolCancelsQueued > 0 || DbpoolAwaitingCancels > 0)
 	{
-		WorkerPool *pool = dlist_container(WorkerPool, node, pit.cur);
-		dlist_mutable_iter cit;
+		dlist_mutable_iter pit;
 
-		dlist_foreach_modify(cit, &pool->conns)
+		dlist_foreach_modify(pit, &DbpoolWorkerPools)
 		{
-			WorkerConn *conn = dlist_container(WorkerConn, pool_node, cit.cur);
+			WorkerPool *pool = dlist_container(WorkerPool, node, pit.cur);
+			dlist_mutable_iter cit;
 
-			if (DbpoolCancelsQueued > 0 && conn->cancel_queued)
-				DbpoolConnRetryCancel(conn);
-			if (DbpoolAwaitingCancels > 0 && DbpoolConnPollCancel(conn))
-				continue;
-			if (conn->readable || conn->writable)
-				DbpoolConnProcess(conn);
+			dlist_foreach_modify(cit, &pool->conns)
+			{
+				WorkerConn *conn = dlist_container(WorkerConn, pool_node, cit.cur);
+
+				if (DbpoolCancelsQueued > 0 && conn->cancel_queued)
+					DbpoolConnRetryCancel(conn);
+				if (DbpoolAwaitingCancels > 0 && DbpoolConnPollCancel(conn))
+					continue;
+			}
 		}
+	}
+	while (!dlist_is_empty(&ready_conns))
+	{
+		WorkerConn *conn = dlist_container(WorkerConn, ready_node, dlist_pop_head_node(&ready_conns));
+
+		conn->on_ready = false;
+		if (conn->readable || conn->writable)
+			DbpoolConnProcess(conn);
 	}
 }
 
@@ -376,6 +428,8 @@ wait_for_events(void)
 		next_tick = TimestampTzPlusMilliseconds(now, TICK_MS);
 	timeout = next_tick <= now ? 0 : (long) ((next_tick - now + 999) / 1000);
 	timeout = Min(timeout, TICK_MS);
+	if (!dlist_is_empty(&ready_conns))
+		timeout = 0;			/* some must go on without an event */
 	n = WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
 	for (i = 0; i < n; i++)
 	{
@@ -391,6 +445,7 @@ wait_for_events(void)
 				conn->readable = true;
 			if (ev->events & WL_SOCKET_WRITEABLE)
 				conn->writable = true;
+			DbpoolWorkerConnReady(conn);
 		}
 	}
 }

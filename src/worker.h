@@ -167,6 +167,10 @@ struct WorkerConn
 	uint32		wait_events;	/* events registered there */
 	bool		readable;		/* reported by the last wait */
 	bool		writable;
+	dlist_node	ready_node;		/* in the worker's ready list while on_ready */
+	bool		on_ready;		/* to be driven in this loop iteration */
+	dlist_node	dirty_node;		/* in the worker's dirty list while on_dirty */
+	bool		on_dirty;		/* its wanted socket events may have changed */
 	PostgresPollingStatusType poll;	/* while CONN_CONNECTING */
 	bool		resolving;		/* CONN_CONNECTING, waiting for its pool's host name
 								 * lookup (pg is NULL until it ends) */
@@ -309,6 +313,9 @@ extern int	DbpoolWorkerTotalConns;
 extern bool DbpoolWorkerServeNeeded;
 extern bool DbpoolWorkerCapBlocked;
 extern void DbpoolWorkerSocketsChanged(void);
+extern void DbpoolWorkerConnReady(WorkerConn *conn);
+extern void DbpoolWorkerConnDirty(WorkerConn *conn);
+extern void DbpoolWorkerConnForget(WorkerConn *conn);
 extern void DbpoolWorkerBlocked(WorkerChannel *ch);
 extern void DbpoolWorkerDeadline(TimestampTz t);
 extern void DbpoolWorkerFreedLarge(void);
