@@ -151,6 +151,8 @@ is($r->{status}, 200, '/health with one pool down: 200');
 like($r->{body}, qr/"status": "degraded", "healthy_pools": \["p"\], "unhealthy_pools": \[\{"pool": "dead", "error": "pool is down"\}\]/,
 	'the body says degraded and names the pools');
 is($r->{headers}{'content-type'}, 'application/json', '/health is JSON');
+like($r->{body}, qr/"timestamp": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00"/,
+	'its timestamp is ISO 8601 in UTC, as dbpool_health() writes it');
 $l->safe_psql('postgres', q{SELECT dbpool_drop_pool('p')});
 ok(poll_until($l, q{SELECT count(*) FROM dbpool_pools WHERE name = 'p'}, '0'), 'p is gone');
 $r = http_get($mport, '/health');
