@@ -507,7 +507,10 @@ health_list(StringInfo buf, const DbpoolPoolFigures *figs, int n, bool up)
 		}
 		appendStringInfoString(buf, "{\"pool\": ");
 		escape_json(buf, figs[i].name);
-		appendStringInfo(buf, ", \"error\": \"pool is %s\"}", DbpoolPoolStateName(figs[i].state));
+		/* no error texts here: the endpoint has no user to check their privilege against */
+		appendStringInfoString(buf, figs[i].state == DBPOOL_POOL_DOWN ?
+							   ", \"error\": \"pool is down\"}" :
+							   ", \"error\": \"its latest health check failed\"}");
 	}
 	appendStringInfoChar(buf, ']');
 }
@@ -546,7 +549,7 @@ DbpoolHealthSummary(StringInfo buf)
 	appendStringInfoString(buf, ", \"unhealthy_pools\": ");
 	health_list(buf, figs, n, false);
 	appendStringInfoString(buf, ", \"timestamp\": ");
-	escape_json(buf, timestamptz_to_str(GetCurrentTimestamp()));
+	DbpoolJsonUtc(buf, GetCurrentTimestamp());	/* as dbpool_health() writes it */
 	appendStringInfoString(buf, "}\n");
 	pfree(figs);
 	return status;

@@ -151,6 +151,19 @@ is($r->{status}, 200, '/health with one pool down: 200');
 like($r->{body}, qr/"status": "degraded", "healthy_pools": \["p"\], "unhealthy_pools": \[\{"pool": "dead", "error": "pool is down"\}\]/,
 	'the body says degraded and names the pools');
 is($r->{headers}{'content-type'}, 'application/json', '/health is JSON');
+like($r->{body}, qr/"timestamp": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00"/,
+	'its timestamp is ISO 8601 in UTC, as dbpool_health() writes it');
+# a pool that serves but fails its health checks is unhealthy too
+$l->safe_psql('postgres', qq{SELECT dbpool_create_pool('sick', $ci, min_size => 1,
+	health_query => 'SELECT 1/0')});
+ok(poll_until($l, q{SELECT idle_connections FROM dbpool_metrics WHERE pool = 'sick'}, '1'), 'pool sick is up');
+$l->safe_psql('postgres', q{SELECT dbpool_health('sick')});
+$r = http_get($mport, '/health');
+like($r->{body}, qr/\{"pool": "sick", "error": "its latest health check failed"\}/,
+	'/health: a pool failing its health check is unhealthy, and says why');
+like(http_get($mport, '/metrics')->{body}, qr/^dbpool_pool_up\{pool="sick"\} 0$/m, 'and not up');
+$l->safe_psql('postgres', q{SELECT dbpool_drop_pool('sick')});
+ok(poll_until($l, q{SELECT count(*) FROM dbpool_pools WHERE name = 'sick'}, '0'), 'sick is gone');
 $l->safe_psql('postgres', q{SELECT dbpool_drop_pool('p')});
 ok(poll_until($l, q{SELECT count(*) FROM dbpool_pools WHERE name = 'p'}, '0'), 'p is gone');
 $r = http_get($mport, '/health');
