@@ -128,6 +128,38 @@ dbpool_shmem_startup(void)
 	DbpoolShmemStartup();
 }
 
+/* The autoscaling policy's window, cooldown and thresholds (autoscale.c); reloadable. */
+static void
+define_autoscale_gucs(void)
+{
+	DefineCustomIntVariable("dbpool.autoscale_window_s",
+							"Seconds of utilization and QPS that autoscaling looks at.",
+							"A pool with autoscale on is resized from its mean utilization and "
+							"its queries per second over this window.",
+							&DbpoolAutoscaleWindowS, 60, 1, 60,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.autoscale_cooldown_s",
+							"Seconds after an autoscaling change before the next one.",
+							NULL, &DbpoolAutoscaleCooldownS, 60, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_up_utilization",
+							 "Autoscaling grows a pool whose mean utilization is above this ...",
+							 NULL, &DbpoolAutoscaleUpUtilization, 0.8, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_up_qps",
+							 "... and whose queries per second are above this.",
+							 NULL, &DbpoolAutoscaleUpQps, 1000, 0.0, 1e9,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_down_utilization",
+							 "Autoscaling shrinks a pool whose mean utilization is below this ...",
+							 NULL, &DbpoolAutoscaleDownUtilization, 0.3, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("dbpool.autoscale_down_qps",
+							 "... and whose queries per second are below this.",
+							 NULL, &DbpoolAutoscaleDownQps, 100, 0.0, 1e9,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
+
 /* The thresholds of dbpool_diagnose (diagnose.c): any session may set them. */
 static void
 define_diagnose_gucs(void)
@@ -196,32 +228,7 @@ _PG_init(void)
 							&DbpoolSlowQueryLogSize, 1000, 0, 100000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	define_diagnose_gucs();
-	DefineCustomIntVariable("dbpool.autoscale_window_s",
-							"Seconds of utilization and QPS that autoscaling looks at.",
-							"A pool with autoscale on is resized from its mean utilization and "
-							"its queries per second over this window.",
-							&DbpoolAutoscaleWindowS, 60, 1, 60,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("dbpool.autoscale_cooldown_s",
-							"Seconds after an autoscaling change before the next one.",
-							NULL, &DbpoolAutoscaleCooldownS, 60, 0, 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomRealVariable("dbpool.autoscale_up_utilization",
-							 "Autoscaling grows a pool whose mean utilization is above this ...",
-							 NULL, &DbpoolAutoscaleUpUtilization, 0.8, 0.0, 1.0,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomRealVariable("dbpool.autoscale_up_qps",
-							 "... and whose queries per second are above this.",
-							 NULL, &DbpoolAutoscaleUpQps, 1000, 0.0, 1e9,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomRealVariable("dbpool.autoscale_down_utilization",
-							 "Autoscaling shrinks a pool whose mean utilization is below this ...",
-							 NULL, &DbpoolAutoscaleDownUtilization, 0.3, 0.0, 1.0,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomRealVariable("dbpool.autoscale_down_qps",
-							 "... and whose queries per second are below this.",
-							 NULL, &DbpoolAutoscaleDownQps, 100, 0.0, 1e9,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	define_autoscale_gucs();
 	define_metrics();
 	MarkGUCPrefixReserved("dbpool");
 	DbpoolHistInit();
