@@ -22,16 +22,12 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
-#include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "dbpool.h"
@@ -41,7 +37,6 @@
 #define REFRESH_NO_EXT_MS	10000	/* ... while the extension does not exist */
 #define RETRY_MIN_MS		1000	/* after a failed read, doubling ... */
 #define RETRY_MAX_MS		16000	/* ... up to this */
-#define CONFIG_LOCK_TIMEOUT	"50"	/* ms the read may wait for a lock on the table */
 #define RECONCILE_MIN_GAP_MS 25		/* requested re-reads: at most one per this */
 
 /* A pool's configuration as read from the table. */
@@ -372,6 +367,43 @@ config_query(const char *schema)
 	return sql.data;
 }
 
+/* What read_config_in gets and fills. */
+typedef struct ConfigRead
+{
+	MemoryContext cxt;
+	List	   *configs;
+	bool		ext_missing;
+	DbpoolAlertRule *rules;
+	int			nrules;
+} ConfigRead;
+
+/* Read every pool's configuration and the alert rules (inside DbpoolWorkerRun). */
+static bool
+read_config_in(void *arg)
+{
+	ConfigRead *r = arg;
+	char	   *schema = DbpoolExtensionSchema();
+	uint64		i;
+
+	if (schema == NULL)
+	{
+		r->ext_missing = true;
+		return true;
+	}
+	if (SPI_execute(config_query(schema), true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the dbpool configuration");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext spi = MemoryContextSwitchTo(r->cxt);
+
+		r->configs = lappend(r->configs,
+							 config_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc));
+		MemoryContextSwitchTo(spi);
+	}
+	r->rules = DbpoolAlertRulesRead(schema, r->cxt, &r->nrules);
+	return true;
+}
+
 /*
  * Read the configuration table into *configs (allocated in cxt).  False if
  * the read failed; *ext_missing tells whether the extension is absent.
@@ -380,58 +412,11 @@ static bool
 read_config(MemoryContext cxt, List **configs, bool *ext_missing, DbpoolAlertRule **rules,
 			int *nrules)
 {
-	MemoryContext old = CurrentMemoryContext;
-	volatile bool ok = true;
+	ConfigRead	r = {cxt, NIL, false, NULL, 0};
+	ErrorData  *edata;
 
-	*configs = NIL;
-	*ext_missing = false;
-	*rules = NULL;
-	*nrules = 0;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
+	if (!DbpoolWorkerRun(read_config_in, &r, "dbpool: reading the pool configuration", &edata))
 	{
-		char	   *schema;
-
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		(void) set_config_option("lock_timeout", CONFIG_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-		/* we run as superuser: nothing from user schemas may be resolved */
-		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-		pgstat_report_activity(STATE_RUNNING, "dbpool: reading the pool configuration");
-		schema = DbpoolExtensionSchema();
-		if (schema == NULL)
-			*ext_missing = true;
-		else
-		{
-			uint64		i;
-
-			if (SPI_execute(config_query(schema), true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not read the dbpool configuration");
-			for (i = 0; i < SPI_processed; i++)
-			{
-				MemoryContext spi = MemoryContextSwitchTo(cxt);
-
-				*configs = lappend(*configs,
-								   config_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc));
-				MemoryContextSwitchTo(spi);
-			}
-			*rules = DbpoolAlertRulesRead(schema, cxt, nrules);
-		}
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(old);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
 		if (last_read_error_log == 0 ||
 			TimestampDifferenceExceeds(last_read_error_log, GetCurrentTimestamp(), DBPOOL_LOG_INTERVAL_MS))
 		{
@@ -441,12 +426,13 @@ read_config(MemoryContext cxt, List **configs, bool *ext_missing, DbpoolAlertRul
 			last_read_error_log = GetCurrentTimestamp();
 		}
 		FreeErrorData(edata);
-		ok = false;
+		return false;
 	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(old);
-	pgstat_report_activity(STATE_IDLE, NULL);
-	return ok;
+	*configs = r.configs;
+	*ext_missing = r.ext_missing;
+	*rules = r.rules;
+	*nrules = r.nrules;
+	return true;
 }
 
 /* Read the configuration and make the pools match it. */

@@ -19,7 +19,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "utils/backend_status.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -48,21 +47,31 @@ log_text(const char *utf8)
 	return DbpoolTextShow(buf);
 }
 
-/* Flag one connection and log its WARNING; inside a transaction. */
+/*
+ * Flag one connection and log its WARNING.  Normally (unreadable NULL,
+ * inside a transaction: the client's database encoding is looked up) the
+ * WARNING names the client's application_name and local query; otherwise it
+ * says why they could not be read.
+ */
 static void
-flag(WorkerConn *conn, TimestampTz now)
+flag(WorkerConn *conn, TimestampTz now, const char *unreadable)
 {
 	WorkerPool *pool = conn->pool;
 	WorkerChannel *ch = conn->ch;
-	DbpoolClientInfo ci;
 	char	   *who;
 
-	(void) DbpoolClientStatus(ch->backend_pid, &ci);
-	if (ci.found)
-		who = psprintf("application_name \"%s\", local query: %s",
-					   log_text(ci.application_name), log_text(ci.query));
+	if (unreadable)
+		who = psprintf("its texts could not be read: %s", unreadable);
 	else
-		who = pstrdup("not in pg_stat_activity any more");
+	{
+		DbpoolClientInfo ci;
+
+		(void) DbpoolClientStatus(ch->backend_pid, &ci);
+		who = ci.found ?
+			psprintf("application_name \"%s\", local query: %s",
+					 log_text(ci.application_name), log_text(ci.query)) :
+			pstrdup("not in pg_stat_activity any more");
+	}
 	ereport(WARNING,
 			(errmsg("dbpool: suspected connection leak: connection " UINT64_FORMAT " of pool \"%s\" has been busy with one request for %.1f s (leak_threshold_ms %d)",
 					conn->conn_id, pool->name, seconds_between(ch->started_at, now),
@@ -78,55 +87,51 @@ flag(WorkerConn *conn, TimestampTz now)
 	DbpoolStatsConnLeak(conn);
 }
 
-/* Flag the connections in list (of one pool), reading their clients in one transaction. */
+/* What flag_in gets: the connections to flag, and when. */
+typedef struct FlagArgs
+{
+	List	   *conns;
+	TimestampTz now;
+} FlagArgs;
+
+/* Flag the connections, reading their clients as they are now (inside DbpoolWorkerRun). */
+static bool
+flag_in(void *arg)
+{
+	FlagArgs   *a = arg;
+	ListCell   *lc;
+
+	pgstat_clear_backend_activity_snapshot();
+	foreach(lc, a->conns)
+		flag((WorkerConn *) lfirst(lc), a->now, NULL);
+	pgstat_clear_backend_activity_snapshot();
+	return true;
+}
+
+/*
+ * Flag the connections in list (of one pool), reading their clients in one
+ * transaction; if that fails (a catalog read), flag the rest anyway, without
+ * their clients' texts.
+ */
 static void
 flag_all(List *conns, TimestampTz now)
 {
-	MemoryContext old = CurrentMemoryContext;
+	FlagArgs	a = {conns, now};
+	ErrorData  *edata;
 	ListCell   *lc;
 
-	StartTransactionCommand();
-	PG_TRY();
+	if (DbpoolWorkerRun(flag_in, &a, "dbpool: reading the clients of suspected leaks", &edata))
+		return;
+	pgstat_clear_backend_activity_snapshot();
+	foreach(lc, conns)
 	{
-		pgstat_clear_backend_activity_snapshot();	/* read the clients as they are now */
-		foreach(lc, conns)
-			flag((WorkerConn *) lfirst(lc), now);
-		pgstat_clear_backend_activity_snapshot();
-		CommitTransactionCommand();
+		WorkerConn *conn = (WorkerConn *) lfirst(lc);
+
+		if (!conn->leak_suspected)
+			flag(conn, now, edata ? edata->message : "unknown error");
 	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		/* a catalog read failed: flag them anyway, without their clients' texts */
-		MemoryContextSwitchTo(old);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_clear_backend_activity_snapshot();
-		foreach(lc, conns)
-		{
-			WorkerConn *conn = (WorkerConn *) lfirst(lc);
-
-			if (conn->leak_suspected)
-				continue;
-			ereport(WARNING,
-					(errmsg("dbpool: suspected connection leak: connection " UINT64_FORMAT " of pool \"%s\" has been busy with one request for %.1f s (leak_threshold_ms %d)",
-							conn->conn_id, conn->pool->name,
-							seconds_between(conn->ch->started_at, now),
-							conn->pool->settings.leak_threshold_ms),
-					 errdetail("Client pid %d; its texts could not be read: %s",
-							   (int) conn->ch->backend_pid, edata->message)));
-			conn->leak_suspected = true;
-			conn->leak_since = conn->ch->started_at;
-			conn->pool->nleaks++;
-			DbpoolStatsCount(conn->pool, DBPOOL_C_LEAKS_SUSPECTED);
-			DbpoolStatsConnLeak(conn);
-		}
+	if (edata)
 		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(old);
 }
 
 /*

@@ -49,7 +49,6 @@
 #include "worker.h"
 
 #define STANDBY_POLL_MS		1000	/* how often a standby looks for replicated changes */
-#define STANDBY_LOCK_TIMEOUT "50"	/* ms a check may wait for a catalog lock */
 
 static bool was_in_recovery = false;
 static bool have_fingerprint = false;
@@ -125,48 +124,38 @@ extension_schema(void)
 	return nsp;
 }
 
+/* The fingerprint of the configuration tables, with a fresh snapshot (inside DbpoolWorkerRun). */
+static bool
+fingerprint_in(void *arg)
+{
+	uint64	   *h = arg;
+	Oid			nsp = extension_schema();
+	Snapshot	snap = RegisterSnapshot(GetTransactionSnapshot());
+	bool		ok;
+
+	ok = fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_config", nsp) :
+						   InvalidOid, snap, h) &&
+		fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_grant", nsp) :
+						  InvalidOid, snap, h) &&
+		fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_alert_rules", nsp) :
+						  InvalidOid, snap, h);
+	UnregisterSnapshot(snap);
+	return ok;
+}
+
 /*
  * The fingerprint of the configuration tables as a fresh snapshot sees them;
- * false if it could not be taken now (a table locked by replay, an error).
+ * false if it could not be taken now (a table or catalog locked by replay
+ * longer than lock_timeout, a recovery conflict: config.c's read reports
+ * what persists).
  */
 static bool
 config_fingerprint(uint64 *fp)
 {
-	MemoryContext old = CurrentMemoryContext;
-	volatile bool ok = true;
 	uint64		h = 0;
+	bool		ok;
 
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		Oid			nsp;
-		Snapshot	snap;
-
-		/* the catalogs' locks too: never wait long for the startup process */
-		(void) set_config_option("lock_timeout", STANDBY_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-		nsp = extension_schema();
-		snap = RegisterSnapshot(GetTransactionSnapshot());
-
-		ok = fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_config", nsp) :
-							   InvalidOid, snap, &h) &&
-			fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_grant", nsp) :
-							  InvalidOid, snap, &h) &&
-			fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_alert_rules", nsp) :
-							  InvalidOid, snap, &h);
-		UnregisterSnapshot(snap);
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		/* a recovery conflict, say: config.c's read reports what persists */
-		MemoryContextSwitchTo(old);
-		FlushErrorState();
-		AbortCurrentTransaction();
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(old);
+	ok = DbpoolWorkerRun(fingerprint_in, &h, "dbpool: checking the replayed configuration", NULL);
 	*fp = h;
 	return ok;
 }

@@ -396,11 +396,14 @@ extern void DbpoolAlertsTick(TimestampTz now);
 extern void DbpoolAutoscaleTick(WorkerPool *pool, TimestampTz now);
 extern void DbpoolAutoscaleForget(WorkerPool *pool);
 
-/* resize.c: the worker's own changes of max_size; worker_sql.c: its write transactions */
+/* resize.c: the worker's own changes of max_size; worker_sql.c: its transactions */
 extern int	DbpoolScaleUpSize(const DbpoolSettings *s);
 extern bool DbpoolResizePool(WorkerPool *pool, int new_max, const char *why);
 extern void DbpoolResizeOverride(const char *name, DbpoolSettings *s);
 extern void DbpoolResizeForget(const char *name);
+typedef bool (*DbpoolWorkerRunFn) (void *arg);
+extern bool DbpoolWorkerRun(DbpoolWorkerRunFn fn, void *arg, const char *activity,
+							ErrorData **error);
 extern bool DbpoolWorkerNotify(const char *channel, const char *payload);
 extern bool DbpoolWorkerWriteMaxSize(const char *pool, int old_max, int new_max);
 

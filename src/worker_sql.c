@@ -1,13 +1,15 @@
 /*
  * worker_sql.c
- *		The worker's own write transactions, each short and on its own:
- *		NOTIFY dbpool_alerts (alerts.c) and writing a pool's new max_size to
- *		dbpool_config (resize.c).  Never on a hot standby (the callers check).
+ *		The worker's own transactions, each short and on its own
+ *		(DbpoolWorkerRun): the configuration read (config.c), the client texts
+ *		of leak detection (leak.c), and the writes: NOTIFY dbpool_alerts
+ *		(alerts.c) and a pool's new max_size in dbpool_config (resize.c),
+ *		never on a hot standby (the callers check).
  *
- * Each runs with lock_timeout 50 ms and search_path pg_catalog, pg_temp, as
- * config.c's read.  An error (a lock held too long, a full notification
- * queue at commit, ...) is caught: the transaction is aborted, a WARNING
- * logged, and the caller told; the worker and its state go on.
+ * Each runs with lock_timeout 50 ms and search_path pg_catalog, pg_temp.  An
+ * error (a lock held too long, a full notification queue at commit, ...) is
+ * caught: the transaction is aborted and the caller told; the worker and
+ * its state go on.
  *
  * How PostgreSQL 15 delivers a NOTIFY from a background worker:
  * Async_Notify queues it in the transaction; PreCommit_Notify writes it to
@@ -31,17 +33,27 @@
 #include "dbpool.h"
 #include "worker.h"
 
-#define WORKER_SQL_LOCK_TIMEOUT "50"	/* ms a write may wait for a lock */
+#define WORKER_SQL_LOCK_TIMEOUT "50"	/* ms the worker's SQL may wait for a lock */
 
-typedef bool (*WorkerSqlFn) (void *arg);
-
-/* Run fn(arg) in a transaction of its own with SPI; false if it failed (logged). */
-static bool
-run_guarded(WorkerSqlFn fn, void *arg, const char *what)
+/*
+ * Run fn(arg) in a transaction of the worker's own: SPI connected, a
+ * snapshot, lock_timeout 50 ms, search_path pg_catalog, pg_temp (the worker
+ * runs as superuser: nothing from user schemas may be resolved), and
+ * activity shown in pg_stat_activity meanwhile.  fn's result is returned.
+ * An error is caught: the transaction is aborted and false returned, with a
+ * copy of the error in *error (the caller frees it) when error is not NULL.
+ * Every transaction of the worker runs through here: the configuration read
+ * (config.c), leak detection's client texts (leak.c), NOTIFY and max_size
+ * writes (below).
+ */
+bool
+DbpoolWorkerRun(DbpoolWorkerRunFn fn, void *arg, const char *activity, ErrorData **error)
 {
 	MemoryContext old = CurrentMemoryContext;
 	volatile bool ok = true;
 
+	if (error)
+		*error = NULL;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PG_TRY();
@@ -52,7 +64,7 @@ run_guarded(WorkerSqlFn fn, void *arg, const char *what)
 								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
-		pgstat_report_activity(STATE_RUNNING, what);
+		pgstat_report_activity(STATE_RUNNING, activity);
 		ok = fn(arg);
 		SPI_finish();
 		PopActiveSnapshot();
@@ -66,16 +78,34 @@ run_guarded(WorkerSqlFn fn, void *arg, const char *what)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		ereport(WARNING,
-				(errmsg("dbpool: could not %s: %s", what, edata->message),
-				 errdetail("The dbpool worker goes on without it.")));
-		FreeErrorData(edata);
+		if (error)
+			*error = edata;
+		else
+			FreeErrorData(edata);
 		ok = false;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return ok;
+}
+
+/* DbpoolWorkerRun for a write: an error is logged (WARNING) and the worker goes on. */
+static bool
+run_guarded(DbpoolWorkerRunFn fn, void *arg, const char *what)
+{
+	ErrorData  *edata;
+
+	if (DbpoolWorkerRun(fn, arg, what, &edata))
+		return true;
+	if (edata)
+	{
+		ereport(WARNING,
+				(errmsg("dbpool: could not %s: %s", what, edata->message),
+				 errdetail("The dbpool worker goes on without it.")));
+		FreeErrorData(edata);
+	}
+	return false;
 }
 
 typedef struct NotifyArgs
