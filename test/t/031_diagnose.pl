@@ -97,6 +97,10 @@ for my $i (1 .. 3)
 }
 $l->safe_psql('postgres', q{SELECT * FROM dbpool_query('err', 'SELECT 1') AS t(x int)});
 my $low_errors = $no_waits . 'SET dbpool.diagnose_error_rate = 0.5;';
+# the rates count complete seconds: wait until all four queries' seconds are complete (the
+# success may fall in a later second than the errors, and the rate read 1.0 until then)
+ok(poll_until($l, q{SELECT round((dbpool_detailed_metrics('err')->'rates'->'60s'->>'queries_per_second')::numeric * 60)},
+	'4'), 'err: its four queries are counted');
 ok(poll_until($l, issues('err', $low_errors), 'high_error_rate:critical'),
 	'high_error_rate over 0.5 (3 errors of 4 queries)');
 like($l->safe_psql('postgres', description('err', 'high_error_rate', $low_errors)),
