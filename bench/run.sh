@@ -9,7 +9,8 @@
 # Every foreign link (dbpool's pool, dblink, postgres_fdw, PgBouncer -> F) is TCP on 127.0.0.1;
 # pgbench and psql reach L and F through the Unix socket in the temporary directory.
 # Then it measures each method (pgbench for point/slow, psql for large), prints a table and
-# writes bench/results/<timestamp>.csv.  Everything is stopped and removed at exit.
+# writes bench/results/<timestamp>.csv and, for point, the plot <timestamp>.point.svg.  Everything
+# is stopped and removed at exit.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ M_PORT=25463   # dbpool's metrics endpoint, with SCRAPE_MS
 POOL_SIZE=8
 
 ALL_METHODS="direct dblink_persistent dblink_oneshot dblink_via_pgbouncer dblink_persistent_via_pgbouncer postgres_fdw dbpool"
-ALL_WORKLOADS="point slow large soak"
+ALL_WORKLOADS="point manypools slow large soak"
 METHODS=${METHODS:-$ALL_METHODS}
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
 DURATION=${DURATION:-10}
@@ -36,6 +37,10 @@ REPEATS=${REPEATS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
 SCRAPE_MS=${SCRAPE_MS:-0}
+# manypools: MANYPOOLS pools (mp001 ...) of MANYPOOLS_SIZE connections each, all open and idle,
+# while pgbench runs the point query through mp001 alone (the method "dbpool_manypools").
+MANYPOOLS=${MANYPOOLS:-100}
+MANYPOOLS_SIZE=${MANYPOOLS_SIZE:-10}
 
 # Every foreign link goes over TCP.  The application_name tells the sampler on F whose
 # connection it sees (dbpool's connections say "dbpool", postgres_fdw's "postgres_fdw",
@@ -53,12 +58,14 @@ done
 for w in $WORKLOADS; do
     [[ " $ALL_WORKLOADS " == *" $w "* ]] || dbpool_die "unknown workload '$w' (known: $ALL_WORKLOADS)"
 done
-for v in DURATION WARMUP LARGE_ROWS REPEATS SOAK_QUERIES SCRAPE_MS; do
+for v in DURATION WARMUP LARGE_ROWS REPEATS SOAK_QUERIES SCRAPE_MS MANYPOOLS MANYPOOLS_SIZE; do
     is_uint "${!v}" || dbpool_die "$v must be a non-negative integer, not '${!v}'"
 done
 [ "$DURATION" -ge 1 ] || dbpool_die "DURATION must be at least 1"
 [ "$REPEATS" -ge 1 ] || dbpool_die "REPEATS must be at least 1"
 [ "$LARGE_ROWS" -ge 1 ] || dbpool_die "LARGE_ROWS must be at least 1"
+[ "$MANYPOOLS" -ge 1 ] && [ "$MANYPOOLS" -le 999 ] || dbpool_die "MANYPOOLS must be between 1 and 999"
+[ "$MANYPOOLS_SIZE" -ge 1 ] || dbpool_die "MANYPOOLS_SIZE must be at least 1"
 for c in $CLIENTS_POINT $CLIENTS_SLOW; do
     is_uint "$c" && [ "$c" -ge 1 ] && [ "$c" -le 150 ] ||
         dbpool_die "client counts must be between 1 and 150, not '$c'"
@@ -70,6 +77,31 @@ done
 if [ "$SCRAPE_MS" -gt 0 ]; then
     [[ " $METHODS " == *" dbpool "* ]] || dbpool_die "SCRAPE_MS needs the method dbpool"
     METHODS=$(for m in $METHODS; do echo "$m"; [ "$m" = dbpool ] && echo dbpool_scraped; done | xargs)
+fi
+# manypools is measured with dbpool only: without the method dbpool it is skipped.
+MANYPOOLS_ON=0
+if [[ " $WORKLOADS " == *" manypools "* ]]; then
+    if [[ " $METHODS " == *" dbpool "* ]]; then
+        MANYPOOLS_ON=1
+    else
+        dbpool_log "WORKLOADS has manypools but METHODS has no dbpool: manypools is skipped"
+    fi
+fi
+MP_CONNS=$((MANYPOOLS * MANYPOOLS_SIZE))
+# The limits manypools needs, raised only when it runs: dbpool's pool slots and connection cap
+# on L, connection slots on F (the pools' connections, plus up to 150 clients of the other
+# methods, the bench pool, PgBouncer's and the sampler), and open files: the worker's sockets
+# count against PostgreSQL's external-FD budget, a third of max_files_per_process (see
+# doc/operations.md), and max_files_per_process against the open-files limit.
+F_MAX_CONNS=200
+MP_MAX_POOLS=32
+MP_MAX_CONNS=256
+L_MAX_FILES=1000
+if [ "$MANYPOOLS_ON" = 1 ]; then
+    MP_MAX_POOLS=$((MANYPOOLS + 28))
+    MP_MAX_CONNS=$((MP_CONNS + POOL_SIZE + 92))
+    F_MAX_CONNS=$((MP_CONNS + 300))
+    L_MAX_FILES=$((3 * MP_MAX_CONNS + 300))
 fi
 
 # --- installation --------------------------------------------------------------------------
@@ -113,13 +145,21 @@ machine_header() {
     echo "kernel:     $(uname -srm)"
     echo "postgresql: $("$BIN/postgres" --version)"
     echo "pgbouncer:  $("$PGBOUNCER" --version 2>/dev/null | head -1)"
-    echo "dbpool:     $rev$dirty"
+    if [ "$SKIP_BUILD" = 1 ]; then
+        echo "dbpool:     $rev$dirty; SKIP_BUILD=1: measured with the dbpool.so installed at $(date -r "$("$PG_CONFIG" --pkglibdir)/dbpool.so" -Is 2>/dev/null || echo '?')"
+    else
+        echo "dbpool:     $rev$dirty"
+    fi
     echo "loadavg:    $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
     echo "settings:   METHODS=\"$METHODS\" WORKLOADS=\"$WORKLOADS\" DURATION=$DURATION WARMUP=$WARMUP"
     echo "            CLIENTS_POINT=\"$CLIENTS_POINT\" CLIENTS_SLOW=\"$CLIENTS_SLOW\" LARGE_ROWS=$LARGE_ROWS REPEATS=$REPEATS SOAK_QUERIES=$SOAK_QUERIES"
     echo "            pgbench -M prepared, -j min(clients, 4); pools of $POOL_SIZE (dbpool, PgBouncer)"
     [ "$SCRAPE_MS" -gt 0 ] &&
         echo "            SCRAPE_MS=$SCRAPE_MS: dbpool_scraped = dbpool while GET /metrics runs every $SCRAPE_MS ms"
+    [ "$MANYPOOLS_ON" = 1 ] &&
+        echo "            MANYPOOLS=$MANYPOOLS MANYPOOLS_SIZE=$MANYPOOLS_SIZE: dbpool_manypools = dbpool's point on mp001 while $MP_CONNS connections are open;" &&
+        echo "            L: dbpool.max_pools = $MP_MAX_POOLS, dbpool.max_connections = $MP_MAX_CONNS, max_files_per_process = $L_MAX_FILES;" &&
+        echo "            F: max_connections = $F_MAX_CONNS"
     return 0
 }
 
@@ -232,7 +272,10 @@ log_min_messages = warning
 log_line_prefix = '%m [%p] %b '
 $conf
 EOF
-    as_pg "$BIN/pg_ctl" -D "$T/$name" -l "$T/$name.log" -w start >/dev/null ||
+    # runuser's PAM session (pam_limits) sets the soft open-files limit back to its default
+    # (1024 here): raise it again, as the postgres user, within the hard limit.
+    as_pg sh -c '[ -z "$1" ] || ulimit -n "$1" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; shift; exec "$@"' \
+        sh "$SERVER_NOFILE" "$BIN/pg_ctl" -D "$T/$name" -l "$T/$name.log" -w start >/dev/null ||
         { cat "$T/$name.log"; dbpool_die "server $name did not start"; }
 }
 
@@ -243,11 +286,27 @@ psql_on() {
     as_pg "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$T" -p "$port" -U postgres -d postgres "$@" </dev/null
 }
 
+F_CONF=""
+L_CONF=""
+SERVER_NOFILE=""
+if [ "$MANYPOOLS_ON" = 1 ]; then
+    # The worker holds a socket per foreign connection.  The servers start with a soft
+    # open-files limit of SERVER_NOFILE, or the hard limit if that is lower (see start_server).
+    h=$(ulimit -Hn)
+    if [ "$h" != unlimited ] && [ "$h" -lt 65536 ]; then ulimit -Hn 65536 2>/dev/null || true; fi
+    SERVER_NOFILE=65536
+    F_CONF="max_connections = $F_MAX_CONNS"
+    L_CONF="dbpool.max_pools = $MP_MAX_POOLS
+dbpool.max_connections = $MP_MAX_CONNS
+max_files_per_process = $L_MAX_FILES"
+fi
+
 dbpool_log "starting F (port $F_PORT) and L (port $L_PORT, dbpool preloaded) in $T"
-start_server F "$F_PORT" ""
+start_server F "$F_PORT" "$F_CONF"
 start_server L "$L_PORT" "shared_preload_libraries = 'dbpool'
 dbpool.database = 'postgres'
-dbpool.metrics_port = $([ "$SCRAPE_MS" -gt 0 ] && echo "$M_PORT" || echo 0)"
+dbpool.metrics_port = $([ "$SCRAPE_MS" -gt 0 ] && echo "$M_PORT" || echo 0)
+$L_CONF"
 
 dbpool_log "F: kv (100000 rows), views slow and big ($LARGE_ROWS rows)"
 psql_on "$F_PORT" >/dev/null -c "
@@ -313,6 +372,12 @@ done
 WORKER_PID=$(psql_on "$L_PORT" -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'dbpool worker'")
 [ -n "$WORKER_PID" ] || dbpool_die "no dbpool worker in pg_stat_activity"
 echo "   pool bench: $(psql_on "$L_PORT" -F ' ' -c "SELECT 'state', state, 'min', min_size, 'max', max_size FROM dbpool_pools WHERE name = 'bench'"); dbpool worker pid $WORKER_PID"
+if [ "$MANYPOOLS_ON" = 1 ]; then
+    wk_nofile=$(awk '/^Max open files/ {print $4}' "/proc/$WORKER_PID/limits")
+    echo "   dbpool worker: open files limit $wk_nofile (soft)"
+    [ "$wk_nofile" = unlimited ] || [ "$wk_nofile" -ge "$L_MAX_FILES" ] ||
+        dbpool_die "manypools: the dbpool worker's open files limit ($wk_nofile, from /proc/$WORKER_PID/limits) is below max_files_per_process ($L_MAX_FILES); the hard limit of this shell is $(ulimit -Hn)"
+fi
 
 # The large query of each method (count(*) over the rows it brought to L).  postgres_fdw would
 # push a plain count(*) down to F, and would fetch only NULLs for columns nobody uses, so the
@@ -355,8 +420,10 @@ for m in $METHODS; do
     [ "$out" = "$(printf '%s' 42 | md5sum | cut -d' ' -f1)" ] || dbpool_die "smoke test of $m returned '$out'"
 done
 
-# One sampler for the whole run: CPU (/proc/stat) and client backends on F every 200 ms.
-"${AS_PG[@]}" python3 "$BENCHPY" sample --out "$SAMPLES" --psql "$BIN/psql" --host "$T" --port "$F_PORT" </dev/null &
+# One sampler for the whole run: CPU (/proc/stat), the dbpool worker's CPU time and the client
+# backends on F, every 200 ms.
+"${AS_PG[@]}" python3 "$BENCHPY" sample --out "$SAMPLES" --psql "$BIN/psql" --host "$T" --port "$F_PORT" \
+    --worker "$WORKER_PID" </dev/null &
 BG_PIDS+=($!)
 SAMPLER_PID=$!
 sleep 0.5
@@ -411,6 +478,7 @@ run_pgbench() {   # round method workload clients
         dblink_via_pgbouncer)            script=${workload}_dblink_oneshot.sql; defs=(-D "conninfo=$B_DBLINK") ;;
         postgres_fdw)                    script=${workload}_postgres_fdw.sql ;;
         dbpool|dbpool_scraped)           script=${workload}_dbpool.sql ;;
+        dbpool_manypools)                script=${workload}_dbpool_manypools.sql ;;
     esac
     [ "$method" = dbpool_scraped ] && start_scraper "$tag"
     run_bg rc "$T/out/$tag.txt" "${AS_PG[@]}" env PGAPPNAME="$appname" "$BIN/pgbench" -n -M prepared -c "$clients" -j "$threads" \
@@ -474,11 +542,49 @@ EOF
         --samples "$SAMPLES" --expect "$LARGE_ROWS"
 }
 
+# manypools: create the pools mp001 ... (min_size = max_size = MANYPOOLS_SIZE) and wait until
+# all their connections are open and idle; drop them after the round's manypools runs, and wait
+# until F has only the bench pool's connections of dbpool again, so that the other workloads
+# run as without them.
+mp_create() {
+    local i n t0=$SECONDS deadline=$((SECONDS + 180))
+    dbpool_log "manypools: creating $MANYPOOLS pools of $MANYPOOLS_SIZE connections ($MP_CONNS foreign connections)"
+    psql_on "$L_PORT" >/dev/null -c "SELECT dbpool_create_pool(format('mp%s', lpad(g::text, 3, '0')), '$F_TCP',
+            min_size => $MANYPOOLS_SIZE, max_size => $MANYPOOLS_SIZE)
+        FROM generate_series(1, $MANYPOOLS) g" || dbpool_die "manypools: dbpool_create_pool failed"
+    while :; do
+        n=$(psql_on "$L_PORT" -c "SELECT coalesce(sum(idle_connections), 0) FROM dbpool_metrics WHERE pool LIKE 'mp%'")
+        [ "$n" = "$MP_CONNS" ] && break
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            psql_on "$L_PORT" -F ' ' -c "SELECT state, count(*), sum(total_connections), sum(idle_connections), sum(connecting_connections)
+                FROM dbpool_metrics WHERE pool LIKE 'mp%' GROUP BY state"
+            dbpool_die "manypools: $n of $MP_CONNS connections idle after 180 s (see the state counts above and $T/L.log)"
+        fi
+        sleep 0.2
+    done
+    n=$(psql_on "$F_PORT" -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbpool'")
+    echo "   manypools: $MP_CONNS connections idle after $((SECONDS - t0)) s; F has $n connections of dbpool"
+    i=$(psql_on "$L_PORT" -c "SELECT v FROM dbpool_query('mp001', 'SELECT v FROM kv WHERE id = \$1', ARRAY['42']) AS t(v text)")
+    [ "$i" = "$(printf '%s' 42 | md5sum | cut -d' ' -f1)" ] || dbpool_die "smoke test of mp001 returned '$i'"
+}
+mp_drop() {
+    local n deadline=$((SECONDS + 120))
+    psql_on "$L_PORT" >/dev/null -c "SELECT dbpool_drop_pool(name) FROM dbpool_pools WHERE name LIKE 'mp%'" ||
+        dbpool_die "manypools: dbpool_drop_pool failed"
+    while :; do
+        n=$(psql_on "$F_PORT" -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbpool'")
+        [ "$n" = "$POOL_SIZE" ] && break
+        [ "$SECONDS" -ge "$deadline" ] && dbpool_die "manypools: F still has $n connections of dbpool 120 s after the drop"
+        sleep 0.2
+    done
+}
+
 # Rounds are interleaved: round 1 measures every method, then round 2 ...
 total=0
 for w in $WORKLOADS; do
     case $w in
         point) for c in $CLIENTS_POINT; do for m in $METHODS; do total=$((total + 1)); done; done ;;
+        manypools) if [ "$MANYPOOLS_ON" = 1 ]; then for c in $CLIENTS_POINT; do total=$((total + 1)); done; fi ;;
         slow)  for c in $CLIENTS_SLOW; do for m in $METHODS; do total=$((total + 1)); done; done ;;
         large) for m in $METHODS; do total=$((total + 1)); done ;;
         soak)  ;;   # once, after the rounds
@@ -487,8 +593,19 @@ done
 total=$((total * REPEATS))
 n=0
 for round in $(seq 1 "$REPEATS"); do
-    for w in point slow large; do
+    for w in point manypools slow large; do
         [[ " $WORKLOADS " == *" $w "* ]] || continue
+        if [ "$w" = manypools ]; then
+            [ "$MANYPOOLS_ON" = 1 ] || continue
+            mp_create
+            for c in $CLIENTS_POINT; do
+                n=$((n + 1))
+                dbpool_log "[$n/$total] round $round/$REPEATS: manypools (point on mp001, $MP_CONNS connections open), $c clients, ${WARMUP} s warm-up + ${DURATION} s"
+                run_pgbench "$round" dbpool_manypools point "$c"
+            done
+            mp_drop
+            continue
+        fi
         case $w in
             point) clist=$CLIENTS_POINT ;;
             slow)  clist=$CLIENTS_SLOW ;;
@@ -590,8 +707,17 @@ if grep -q '"status": "error"' "$STATUS_FILE"; then
     echo
     echo "some measurements failed; see the note column and $RESULTS_DIR/$TS.logs/"
 fi
+# The plot of the point workload (manypools is a line of it): TPS by clients, one line a method.
+PLOT=""
+if grep -q '"workload": "point"' "$STATUS_FILE"; then
+    PLOT="$RESULTS_DIR/$TS.point.svg"
+    python3 "$BENCHPY" plot "$CSV" "$PLOT" --workload point \
+        --subtitle "$(sed -n 's/^date: *//p' "$HEADER_FILE" | head -1) · dbpool $(sed -n 's/^dbpool: *//p' "$HEADER_FILE" | head -1 | cut -d';' -f1) · $(nproc) CPUs · REPEATS=$REPEATS" ||
+        { echo "bench: the plot failed" >&2; PLOT=""; }
+fi
 echo
 echo "CSV:      $CSV"
+[ -n "$PLOT" ] && echo "plot:     $PLOT"
 echo "all runs: $RESULTS_DIR/$TS.runs.csv"
 echo "header and table: $HEADER_FILE"
 [ -f "$RESULTS_DIR/$TS.soak.csv" ] && echo "soak:     $RESULTS_DIR/$TS.soak.csv"
