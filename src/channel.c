@@ -28,6 +28,8 @@ static bool my_attached = false;
 static uint32 my_gen = 0;
 static PGPROC *my_worker = NULL;	/* the worker the queues were made for */
 static bool exit_callback_registered = false;
+static TimestampTz my_sent_at = 0;	/* when the request was sent; 0 once answered */
+static double my_reply_us = -1;	/* how soon first replies came lately (-1: unknown) */
 
 /* This backend's channel index. */
 static int
@@ -202,20 +204,69 @@ DbpoolChannelSend(const char *data, Size len)
 	} while (off < len);
 	DbpoolChannelMarkPending(idx);
 	SetLatch(&my_worker->procLatch);
+	if (DbpoolBackendSpinUs > 0)
+		my_sent_at = GetCurrentTimestamp();
+}
+
+/*
+ * Poll the response queue, without sleeping, while replies came sooner than
+ * dbpool.backend_spin_us lately, for about twice as long as they took: a
+ * reply caught here needs no wake-up.  Stops at an interrupt.
+ */
+static shm_mq_result
+spin_receive(Size *nbytes, void **ptr)
+{
+	TimestampTz deadline;
+	shm_mq_result r;
+	int			i;
+
+	if (DbpoolBackendSpinUs <= 0 || my_reply_us < 0 || my_reply_us >= DbpoolBackendSpinUs)
+		return SHM_MQ_WOULD_BLOCK;
+	deadline = GetCurrentTimestamp() + Min(DbpoolBackendSpinUs, (int) (2 * my_reply_us) + 10);
+	for (i = 1;; i++)
+	{
+		r = shm_mq_receive(my_outq, nbytes, ptr, true);
+		if (r != SHM_MQ_WOULD_BLOCK || InterruptPending)
+			return r;
+		SPIN_DELAY();
+		if (i % 16 == 0 && GetCurrentTimestamp() >= deadline)
+			return r;
+	}
+}
+
+/* A reply came: how soon, into the running average the spinning follows. */
+static void
+note_reply(void)
+{
+	double		us;
+
+	if (my_sent_at == 0)
+		return;
+	us = (double) (GetCurrentTimestamp() - my_sent_at);
+	my_sent_at = 0;
+	my_reply_us = my_reply_us < 0 ? us : my_reply_us * 0.875 + us * 0.125;
 }
 
 /* Receive one response message; *data stays valid until the next call. */
 void
 DbpoolChannelReceive(const char **data, Size *len)
 {
+	bool		spun = false;
+
 	for (;;)
 	{
 		Size		nbytes;
 		void	   *ptr;
 		shm_mq_result r = shm_mq_receive(my_outq, &nbytes, &ptr, true);
 
+		if (r == SHM_MQ_WOULD_BLOCK && !spun)
+		{
+			spun = true;
+			r = spin_receive(&nbytes, &ptr);
+		}
 		if (r == SHM_MQ_SUCCESS)
 		{
+			note_reply();
 			*data = ptr;
 			*len = nbytes;
 			return;

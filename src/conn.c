@@ -503,15 +503,21 @@ idle_watch(WorkerConn *conn)
 }
 
 /*
- * Whether an idle connection about to be used is still open: a zero-timeout
- * poll of its socket (the server may have closed it since the loop last
- * waited), and its input read if there is any.  False if it was closed.
+ * Whether an idle connection about to be used is still open, its input read
+ * if there is any; false if it was closed.  The loop's last wait watched
+ * every idle socket, and what it reported was handled before any request is
+ * served: only a socket it flagged readable and not yet handled, or a wait
+ * that returned as many events as it could take (others may be missing), is
+ * polled.  A close that comes after that wait is the same race as one just
+ * after the poll.
  */
 bool
 DbpoolConnIdleAlive(WorkerConn *conn)
 {
 	struct pollfd pfd;
 
+	if (!conn->readable && !DbpoolWorkerWaitCapped)
+		return true;
 	pfd.fd = conn->sock;
 	pfd.events = POLLIN;
 	pfd.revents = 0;

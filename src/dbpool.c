@@ -21,6 +21,7 @@ int			DbpoolMaxPools = 32;
 int			DbpoolMaxConnections = 256;
 int			DbpoolQueueSizeKb = 64;
 int			DbpoolStatementCacheSize = 100;
+int			DbpoolBackendSpinUs = 0;
 int			DbpoolSlowQueryLogSize = 1000;
 bool		DbpoolLoadedAtStartup = false;
 double		DbpoolDiagnoseLatencyP99Ms = 1000;
@@ -227,6 +228,13 @@ _PG_init(void)
 							"0 keeps none.",
 							&DbpoolSlowQueryLogSize, 1000, 0, 100000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dbpool.backend_spin_us",
+							"How long a session polls for the worker's reply before it sleeps, at most.",
+							"Adaptive: a session polls only while replies came sooner than this "
+							"lately, and for about twice as long as they took; a reply caught "
+							"while polling costs no wake-up.  0 never polls.",
+							&DbpoolBackendSpinUs, 0, 0, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	define_diagnose_gucs();
 	define_autoscale_gucs();
 	define_metrics();

@@ -75,6 +75,7 @@ extern int	DbpoolMaxPools;
 extern int	DbpoolMaxConnections;
 extern int	DbpoolQueueSizeKb;
 extern int	DbpoolStatementCacheSize;
+extern int	DbpoolBackendSpinUs;
 extern int	DbpoolSlowQueryLogSize;
 extern bool DbpoolLoadedAtStartup;
 extern double DbpoolDiagnoseLatencyP99Ms;	/* dbpool_diagnose's thresholds (diagnose.c) */

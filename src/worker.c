@@ -61,6 +61,7 @@ dlist_head	DbpoolWorkerPools = DLIST_STATIC_INIT(DbpoolWorkerPools);
 int			DbpoolWorkerTotalConns = 0;
 bool		DbpoolWorkerServeNeeded = false;
 bool		DbpoolWorkerCapBlocked = false;	/* a pool waits for room under the global cap */
+bool		DbpoolWorkerWaitCapped = false;	/* the last wait returned as many events as it could take */
 
 static bool sockets_changed = true;
 static dlist_head blocked_channels = DLIST_STATIC_INIT(blocked_channels);
@@ -431,6 +432,7 @@ wait_for_events(void)
 	if (!dlist_is_empty(&ready_conns))
 		timeout = 0;			/* some must go on without an event */
 	n = WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
+	DbpoolWorkerWaitCapped = n == lengthof(events);
 	for (i = 0; i < n; i++)
 	{
 		WaitEvent  *ev = &events[i];

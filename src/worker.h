@@ -312,6 +312,7 @@ extern dlist_head DbpoolWorkerPools;
 extern int	DbpoolWorkerTotalConns;
 extern bool DbpoolWorkerServeNeeded;
 extern bool DbpoolWorkerCapBlocked;
+extern bool DbpoolWorkerWaitCapped;
 extern void DbpoolWorkerSocketsChanged(void);
 extern void DbpoolWorkerConnReady(WorkerConn *conn);
 extern void DbpoolWorkerConnDirty(WorkerConn *conn);
