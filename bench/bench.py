@@ -36,9 +36,10 @@ METHOD_GROUP = {
     "dbpool": "dbpool",
     "dbpool_scraped": "dbpool",   # dbpool while its metrics endpoint is scraped (SCRAPE_MS)
     "dbpool_manypools": "dbpool",  # dbpool's point on pool mp001 of MANYPOOLS (manypools)
+    "dbpool_manypools_bench": "dbpool",  # dbpool's point on its pool of 8 while those are open
 }
 # The rows that are dbpool measured another way, compared with dbpool's row (ratio_vs_dbpool).
-DBPOOL_VARIANTS = ["dbpool_scraped", "dbpool_manypools"]
+DBPOOL_VARIANTS = ["dbpool_scraped", "dbpool_manypools", "dbpool_manypools_bench"]
 METHOD_ORDER = list(METHOD_GROUP)
 WORKLOAD_ORDER = ["point", "slow", "large"]
 BASELINES = ["dblink_persistent", "dblink_persistent_via_pgbouncer"]
@@ -543,6 +544,20 @@ def cmd_report(a):
         if wk:
             lines.append("the dbpool worker's CPU per query, %s / %s (us): %s" % (
                 mine_name, base_name, ", ".join(wk)))
+    # manypools against the pool of 8 measured while the same connections are open: what the
+    # busy pool being one of many costs, apart from what the open connections cost F
+    same = []
+    for r in rows:
+        if r["method"] != "dbpool_manypools" or r["workload"] != "point":
+            continue
+        b = [x for x in rows if (x["method"], x["workload"], x["clients"]) ==
+             ("dbpool_manypools_bench", "point", r["clients"])]
+        if b and b[0].get("tps") not in ("", None, "error") and r.get("tps") not in ("", None, "error") \
+                and float(b[0]["tps"]) > 0:
+            same.append("%.2f at %d client%s" % (float(r["tps"]) / float(b[0]["tps"]), r["clients"],
+                                                 "" if r["clients"] == 1 else "s"))
+    if same:
+        lines.append("manypools vs the pool of 8 with the same connections open (TPS): %s" % ", ".join(same))
     text = "\n".join(lines)
     print(text)
     if a.table:
@@ -597,6 +612,7 @@ PLOT_STYLE = {   # method -> (colour, marker, dash, width); others take the next
     "postgres_fdw": ("#000000", "circle", "", 1.5),
     "dbpool": ("#D55E00", "circle", "", 3.0),
     "dbpool_manypools": ("#D55E00", "diamond", "7 4", 2.0),
+    "dbpool_manypools_bench": ("#E69F00", "square", "2 3", 1.5),
     "dbpool_scraped": ("#CC79A7", "square", "3 3", 2.0),
     "dblink_persistent": ("#0072B2", "square", "", 2.0),
     "dblink_persistent_via_pgbouncer": ("#56B4E9", "triangle", "", 2.0),

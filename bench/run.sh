@@ -157,7 +157,8 @@ machine_header() {
     [ "$SCRAPE_MS" -gt 0 ] &&
         echo "            SCRAPE_MS=$SCRAPE_MS: dbpool_scraped = dbpool while GET /metrics runs every $SCRAPE_MS ms"
     [ "$MANYPOOLS_ON" = 1 ] &&
-        echo "            MANYPOOLS=$MANYPOOLS MANYPOOLS_SIZE=$MANYPOOLS_SIZE: dbpool_manypools = dbpool's point on mp001 while $MP_CONNS connections are open;" &&
+        echo "            MANYPOOLS=$MANYPOOLS MANYPOOLS_SIZE=$MANYPOOLS_SIZE: dbpool_manypools = dbpool's point on mp001 while $MP_CONNS connections are open," &&
+        echo "            dbpool_manypools_bench = dbpool's point on its pool of $POOL_SIZE meanwhile;" &&
         echo "            L: dbpool.max_pools = $MP_MAX_POOLS, dbpool.max_connections = $MP_MAX_CONNS, max_files_per_process = $L_MAX_FILES;" &&
         echo "            F: max_connections = $F_MAX_CONNS"
     return 0
@@ -477,7 +478,7 @@ run_pgbench() {   # round method workload clients
         dblink_oneshot)                  script=${workload}_dblink_oneshot.sql; defs=(-D "conninfo=$F_DBLINK") ;;
         dblink_via_pgbouncer)            script=${workload}_dblink_oneshot.sql; defs=(-D "conninfo=$B_DBLINK") ;;
         postgres_fdw)                    script=${workload}_postgres_fdw.sql ;;
-        dbpool|dbpool_scraped)           script=${workload}_dbpool.sql ;;
+        dbpool|dbpool_scraped|dbpool_manypools_bench) script=${workload}_dbpool.sql ;;
         dbpool_manypools)                script=${workload}_dbpool_manypools.sql ;;
     esac
     [ "$method" = dbpool_scraped ] && start_scraper "$tag"
@@ -584,7 +585,7 @@ total=0
 for w in $WORKLOADS; do
     case $w in
         point) for c in $CLIENTS_POINT; do for m in $METHODS; do total=$((total + 1)); done; done ;;
-        manypools) if [ "$MANYPOOLS_ON" = 1 ]; then for c in $CLIENTS_POINT; do total=$((total + 1)); done; fi ;;
+        manypools) if [ "$MANYPOOLS_ON" = 1 ]; then for c in $CLIENTS_POINT; do total=$((total + 2)); done; fi ;;
         slow)  for c in $CLIENTS_SLOW; do for m in $METHODS; do total=$((total + 1)); done; done ;;
         large) for m in $METHODS; do total=$((total + 1)); done ;;
         soak)  ;;   # once, after the rounds
@@ -599,6 +600,9 @@ for round in $(seq 1 "$REPEATS"); do
             [ "$MANYPOOLS_ON" = 1 ] || continue
             mp_create
             for c in $CLIENTS_POINT; do
+                n=$((n + 1))
+                dbpool_log "[$n/$total] round $round/$REPEATS: manypools (point on the pool of 8, $MP_CONNS connections open), $c clients, ${WARMUP} s warm-up + ${DURATION} s"
+                run_pgbench "$round" dbpool_manypools_bench point "$c"
                 n=$((n + 1))
                 dbpool_log "[$n/$total] round $round/$REPEATS: manypools (point on mp001, $MP_CONNS connections open), $c clients, ${WARMUP} s warm-up + ${DURATION} s"
                 run_pgbench "$round" dbpool_manypools point "$c"

@@ -645,6 +645,8 @@ DbpoolConnClose(WorkerConn *conn, DbpoolCloseReason reason)
 		PQfinish(conn->pg);
 	if (conn->large)
 		DbpoolWorkerFreedLarge();	/* libpq's buffers held a large value */
+	else
+		DbpoolWorkerFreedConn();	/* after many, their buffers add up */
 	DbpoolStmtFree(&conn->stmts);
 	if (conn->has_fd)
 		ReleaseExternalFD();

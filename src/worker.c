@@ -79,6 +79,7 @@ static TimestampTz next_tick = 0;
 static WaitEventSet *wait_set = NULL;
 static MemoryContext loop_cxt = NULL;
 static bool freed_large = false;
+static int	freed_conns = 0;	/* connections closed since the last trim */
 
 /* Connections changed sockets: rebuild the wait set before the next wait. */
 void
@@ -145,6 +146,21 @@ DbpoolWorkerFreedLarge(void)
 }
 
 /*
+ * A connection was closed: each holds some 30 kB of libpq buffers and
+ * statement cache, so closing many (a pool of hundreds dropped or shrunk)
+ * frees enough heap to be worth giving back.
+ */
+void
+DbpoolWorkerFreedConn(void)
+{
+	if (++freed_conns >= 64)
+	{
+		freed_conns = 0;
+		freed_large = true;
+	}
+}
+
+/*
  * After large buffers were freed: glibc keeps freed heap memory for reuse
  * unless told (only chunks above its mmap threshold go back by themselves),
  * so the worker would keep the size of the largest values it ever held.
@@ -156,6 +172,7 @@ trim_if_freed_large(void)
 	if (!freed_large)
 		return;
 	freed_large = false;
+	freed_conns = 0;
 #ifdef __GLIBC__
 	(void) malloc_trim(0);
 #endif

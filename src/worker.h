@@ -320,6 +320,7 @@ extern void DbpoolWorkerConnForget(WorkerConn *conn);
 extern void DbpoolWorkerBlocked(WorkerChannel *ch);
 extern void DbpoolWorkerDeadline(TimestampTz t);
 extern void DbpoolWorkerFreedLarge(void);
+extern void DbpoolWorkerFreedConn(void);
 extern bool DbpoolWaitLogDue(void);
 
 /* config.c */
