@@ -39,7 +39,7 @@ ok(poll_until($l, q{SELECT idle_connections FROM dbpool_metrics WHERE pool = 'wi
 $l->safe_psql('postgres', q{SELECT count(*) FROM generate_series(1, 300) g,
 	LATERAL dbpool_query('wide', 'SELECT $1::int', ARRAY[g::text]) AS t(x int)});
 my $open = rss_anon();
-cmp_ok($open - $before, '>', 2048, "they take room in the worker ($before kB -> $open kB)");
+cmp_ok($open - $before, '>', 1024, "they take room in the worker ($before kB -> $open kB)");
 
 $l->safe_psql('postgres', q{SELECT dbpool_drop_pool('wide')});
 ok(poll_until($f, q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbpool'}, '0'),
