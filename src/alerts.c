@@ -279,11 +279,12 @@ act(LiveAlert *l, WorkerPool *pool, TimestampTz now)
 		a->last_action_at = now;
 		return;
 	}
-	if (DbpoolResizePool(pool, new_max,
-						 psprintf("scale_up by alert \"%s\" (%s %g %s %g)", a->rule,
-								  DbpoolAlertMetricNames[a->metric], a->value,
-								  DbpoolAlertComparisonNames[a->comparison], a->threshold)))
-		a->last_action_at = now;
+	/* an attempt counts whether it worked or not: a failing write is retried a minute later */
+	(void) DbpoolResizePool(pool, new_max,
+							psprintf("scale_up by alert \"%s\" (%s %g %s %g)", a->rule,
+									 DbpoolAlertMetricNames[a->metric], a->value,
+									 DbpoolAlertComparisonNames[a->comparison], a->threshold));
+	a->last_action_at = now;
 }
 
 /* Remove live alert i, keeping the rest in order. */

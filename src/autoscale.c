@@ -87,8 +87,9 @@ decide(WorkerPool *pool, DbpoolAutoscale *a, double util, double qps, int window
 		(new_max > cur && new_max > Min(s->max_size_limit, DbpoolMaxConnections)) ||
 		(new_max < cur && new_max < DbpoolMaxSizeFloor(s)))
 		return;
-	if (DbpoolResizePool(pool, new_max, psprintf("autoscale: %s", dir)))
-		a->last_change = now;
+	/* an attempt counts whether it worked or not: a failing write waits for the cooldown */
+	(void) DbpoolResizePool(pool, new_max, psprintf("autoscale: %s", dir));
+	a->last_change = now;
 }
 
 /* Sample a pool with autoscale on (once a second) and apply the policy. */
