@@ -135,14 +135,21 @@ hide_end(ErrorContextCallback *cb)
 	error_context_stack = cb->previous;
 }
 
-/* Argument n of an SQL function, as text; 22004 naming it (what) if it is NULL. */
-char *
-DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what)
+/* Raise 22004 naming argument n of an SQL function (what) if it is NULL. */
+void
+DbpoolNotNullArg(FunctionCallInfo fcinfo, int n, const char *what)
 {
 	if (PG_ARGISNULL(n))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be null", what)));
+}
+
+/* Argument n of an SQL function, as text; 22004 naming it (what) if it is NULL. */
+char *
+DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	DbpoolNotNullArg(fcinfo, n, what);
 	return text_to_cstring(PG_GETARG_TEXT_PP(n));
 }
 
@@ -470,10 +477,7 @@ dbpool_alter_pool(PG_FUNCTION_ARGS)
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
 	name = DbpoolTextArg(fcinfo, 0, "pool name");
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("options must not be null")));
+	DbpoolNotNullArg(fcinfo, 1, "options");
 	options = PG_GETARG_JSONB_P(1);
 	if (!JB_ROOT_IS_OBJECT(options))
 		ereport(ERROR,
@@ -647,10 +651,7 @@ change_usage(FunctionCallInfo fcinfo, bool grant)
 	check_not_in_recovery();
 	DbpoolCheckConfigDatabase();
 	name = DbpoolTextArg(fcinfo, 0, "pool name");
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("role must not be null")));
+	DbpoolNotNullArg(fcinfo, 1, "role");
 	role = PG_GETARG_OID(1);
 	spi_begin(&spi);
 	check_owner(name, lock_pool(name), spi.saved_user);

@@ -329,6 +329,7 @@ extern DbpoolPoolSlot *DbpoolRegistryCopy(int *n);
 extern void DbpoolCheckLoaded(void);
 extern void DbpoolCheckConfigDatabase(void);
 extern char *DbpoolExtensionSchema(void);
+extern void DbpoolNotNullArg(FunctionCallInfo fcinfo, int n, const char *what);
 extern char *DbpoolTextArg(FunctionCallInfo fcinfo, int n, const char *what);
 
 /* ---------- a backend's handshakes with the worker (sync.c) ---------- */

@@ -96,10 +96,7 @@ dbpool_tune_timeouts(PG_FUNCTION_ARGS)
 
 	DbpoolCheckLoaded();
 	name = DbpoolTextArg(fcinfo, 0, "pool name");
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("apply must not be null")));
+	DbpoolNotNullArg(fcinfo, 1, "apply");
 	apply = PG_GETARG_BOOL(1);
 	DbpoolWaitForCommittedConfig();
 	slots = DbpoolRegistryCopy(&nslots);

@@ -13,6 +13,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 plan skip_all => 'needs /proc' unless -r '/proc/self/status';
+# the worker gives memory back with glibc's malloc_trim; elsewhere it keeps it
+plan skip_all => 'needs glibc' unless system('getconf GNU_LIBC_VERSION >/dev/null 2>&1') == 0;
 
 my $f = foreign_node('F', 25862, "max_connections = 200\n");
 my $l = local_node('L', 25863);
