@@ -19,13 +19,19 @@ dbpool_require_root() {
         dbpool_die "run me as root (sudo $0): I install packages and the extension, then run PostgreSQL as the postgres user"
 }
 
+# The packages among the arguments that are not installed, one a line.
+dbpool_missing_packages() {
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            echo "$p"
+    done
+}
+
 # One apt-get update and one apt-get install, only when something is missing.
 dbpool_install_packages() {
-    local p missing=()
-    for p in "${DBPOOL_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$p")
-    done
+    local missing
+    mapfile -t missing < <(dbpool_missing_packages "${DBPOOL_PACKAGES[@]}")
     if [ ${#missing[@]} -eq 0 ]; then
         dbpool_log "packages: all present"
         return 0
@@ -42,11 +48,8 @@ dbpool_install_packages() {
 DBPOOL_OPTIONAL_PACKAGES=(prometheus)
 
 dbpool_install_optional_packages() {
-    local p missing=()
-    for p in "${DBPOOL_OPTIONAL_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$p")
-    done
+    local missing
+    mapfile -t missing < <(dbpool_missing_packages "${DBPOOL_OPTIONAL_PACKAGES[@]}")
     [ ${#missing[@]} -eq 0 ] && return 0
     dbpool_log "optional packages: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
