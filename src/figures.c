@@ -9,6 +9,7 @@
 
 #include <math.h>
 
+#include "access/xact.h"
 #include "catalog/pg_authid.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -95,7 +96,6 @@ DbpoolComputePoolFigures(const DbpoolPoolSlot *slot, const DbpoolPoolStats *s,
 
 	f->health = s->health;
 	f->health_latency_ms = DbpoolHealthLatencyMs(&s->health);
-	f->health_error = DbpoolHealthShownError(&s->health, slot->owner);
 }
 
 /* A health check's latency in ms (rounded to the us); -1 when its query did not run. */
@@ -303,11 +303,15 @@ DbpoolRoundMs(double ms)
 bool
 DbpoolMaySeeText(Oid role)
 {
-	Oid			me = GetUserId();
+	Oid			me;
 
-	/* no user (the metrics process): no catalog lookups, no texts */
-	if (!OidIsValid(me))
+	/*
+	 * The privileges are catalog lookups: outside a transaction (the worker,
+	 * the metrics process, which has no user at all) no text is shown.
+	 */
+	if (!IsTransactionState())
 		return false;
+	me = GetUserId();
 	return superuser() || has_privs_of_role(me, ROLE_PG_READ_ALL_STATS) ||
 		(OidIsValid(role) && has_privs_of_role(me, role));
 }

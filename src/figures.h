@@ -82,7 +82,6 @@ typedef struct DbpoolPoolFigures
 	/* the latest health check (health.c); health.at 0: none yet */
 	DbpoolHealthResult health;
 	double		health_latency_ms;	/* rounded to the us; -1: unknown */
-	const char *health_error;	/* database encoding, masked by the text rule; NULL if none */
 } DbpoolPoolFigures;
 
 /* A connection's row; the texts in the database encoding, NULL when there is none. */

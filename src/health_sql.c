@@ -298,9 +298,12 @@ dbpool_health(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(as_jsonb(&buf));
 }
 
-/* Append the pool's figures as dbpool_metrics has them (its columns as keys). */
+/*
+ * Append the pool's figures as dbpool_metrics has them (its columns as keys),
+ * the health check's error under the text rule of a pool owned by owner.
+ */
 static void
-json_metrics(StringInfo buf, const DbpoolPoolFigures *f)
+json_metrics(StringInfo buf, const DbpoolPoolFigures *f, Oid owner)
 {
 	const DbpoolRateFigures *minute = &f->rates[DBPOOL_RATE_60S];
 
@@ -337,7 +340,7 @@ json_metrics(StringInfo buf, const DbpoolPoolFigures *f)
 					 f->health.at == 0 ? "null" : f->health.ok ? "true" : "false");
 	DbpoolJsonMs(buf, f->health_latency_ms);
 	appendStringInfoString(buf, ",\"last_health_check_error\":");
-	DbpoolJsonString(buf, f->health_error);
+	DbpoolJsonString(buf, DbpoolHealthShownError(&f->health, owner));
 	appendStringInfoChar(buf, '}');
 }
 
@@ -412,7 +415,7 @@ dbpool_health_pool(PG_FUNCTION_ARGS)
 	appendStringInfoString(&buf, ",\"threshold\":");
 	json_float(&buf, p->settings.health_max_error_rate);
 	appendStringInfoString(&buf, "}},\"metrics\":");
-	json_metrics(&buf, f);
+	json_metrics(&buf, f, p->owner);
 	appendStringInfoChar(&buf, '}');
 	PG_RETURN_DATUM(as_jsonb(&buf));
 }

@@ -24,10 +24,13 @@
  *	  rendered text is either those four characters or an escaped byte.
  *
  * Conversions between UTF-8 and an encoding other than SQL_ASCII look their
- * conversion function up in the catalogs: they need a transaction.
+ * conversion function up in the catalogs: they need a transaction.  A
+ * rendering outside one (the worker's log lines) escapes what is beyond
+ * ASCII instead.
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "mb/pg_wchar.h"
 #include "utils/memutils.h"
@@ -234,8 +237,9 @@ DbpoolTextStore(char *dst, Size size, const char *text, int len)
 /*
  * A stored text (len bytes of UTF-8) in the current database's encoding,
  * palloc'd: what the encoding lacks as \uXXXX, an invalid byte (none should
- * be stored) as \xNN.  Never fails for the text's sake; needs a transaction
- * unless the database is UTF8 or SQL_ASCII.
+ * be stored) as \xNN.  Never fails for the text's sake.  Outside a
+ * transaction (the worker's log lines) the conversion function cannot be
+ * looked up: every character beyond ASCII is then escaped.
  */
 char *
 DbpoolTextRender(const char *utf8, int len)
@@ -260,7 +264,7 @@ DbpoolTextRender(const char *utf8, int len)
 		append_utf8_escaped(&out, utf8, len);
 	else
 		append_converted(&out, utf8, len, PG_UTF8, enc,
-						 FindDefaultConversionProc(PG_UTF8, enc));
+						 IsTransactionState() ? FindDefaultConversionProc(PG_UTF8, enc) : InvalidOid);
 	return out.data;
 }
 

@@ -232,7 +232,7 @@ dbpool_metrics(PG_FUNCTION_ARGS)
 		values[c++] = TimestampTzGetDatum(f->health.at);
 		values[c++] = BoolGetDatum(f->health.ok);
 		put_ms(values, nulls, c++, f->health_latency_ms);
-		values[c] = text_or_null(f->health_error, &nulls[c]);
+		values[c] = text_or_null(DbpoolHealthShownError(&f->health, slots[i].owner), &nulls[c]);
 		c++;
 		values[c++] = Int32GetDatum(f->leaks_suspected);
 		values[c++] = Int64GetDatum(f->counters[DBPOOL_C_LEAKS_SUSPECTED]);
