@@ -4,8 +4,8 @@
  *		pool's measured latency.  query_timeout_ms = max(3 x p95, 1000 ms) and
  *		acquire_timeout_ms = half of it, where p95 is the pool's own query
  *		latency over the last 60 s (figures.c), or, when the pool served no
- *		query in that window, the 95th percentile of ten runs of its
- *		health_query through the pool, as the caller.  The recommendation is
+ *		query in that window, the same after ten runs of its health_query
+ *		through the pool, as the caller.  The recommendation is
  *		written (through dbpool_alter_pool, so with its checks: owner or
  *		superuser, in dbpool.database) only when asked.
  */
@@ -17,7 +17,6 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
-#include "utils/timestamp.h"
 
 #include "dbpool.h"
 #include "figures.h"
@@ -31,14 +30,11 @@ extern Datum dbpool_alter_pool(PG_FUNCTION_ARGS);
 #define TUNE_MIN_QUERY_TIMEOUT_MS 1000	/* the rule's floor */
 #define TUNE_P95_FACTOR			3
 
-/* Run sql on pool once through dbpool_exec, as the caller; its duration in ms. */
-static double
-timed_exec(text *pool, text *sql)
+/* Run sql on pool once through dbpool_exec, as the caller. */
+static void
+run_exec(text *pool, text *sql)
 {
 	LOCAL_FCINFO(fcinfo, 3);
-	TimestampTz start;
-	long		secs;
-	int			us;
 
 	InitFunctionCallInfoData(*fcinfo, NULL, 3, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = PointerGetDatum(pool);
@@ -47,30 +43,7 @@ timed_exec(text *pool, text *sql)
 	fcinfo->args[1].isnull = false;
 	fcinfo->args[2].value = (Datum) 0;
 	fcinfo->args[2].isnull = true;
-	start = GetCurrentTimestamp();
 	(void) dbpool_exec(fcinfo);
-	TimestampDifference(start, GetCurrentTimestamp(), &secs, &us);
-	return secs * 1000.0 + us / 1000.0;
-}
-
-/* qsort comparator of doubles. */
-static int
-cmp_double(const void *a, const void *b)
-{
-	double		x = *(const double *) a;
-	double		y = *(const double *) b;
-
-	return (x > y) - (x < y);
-}
-
-/* The 95th percentile of n sorted samples (nearest rank). */
-static double
-p95_of(double *v, int n)
-{
-	int			rank = (int) ceil(0.95 * n);
-
-	qsort(v, n, sizeof(double), cmp_double);
-	return v[Max(rank, 1) - 1];
 }
 
 /*
@@ -104,25 +77,24 @@ dbpool_tune_timeouts(PG_FUNCTION_ARGS)
 
 	f = palloc(sizeof(DbpoolPoolFigures));
 	DbpoolReadPoolFigures(slot, f);
-	if (f->query.window_n > 0)
+	source = "queries";
+	if (f->query.window_n == 0)
 	{
-		p95 = f->query.window_ms[DBPOOL_P95];
-		samples = f->query.window_n;
-		source = "queries";
-	}
-	else
-	{
-		double		runs[TUNE_HEALTH_RUNS];
 		text	   *pool = cstring_to_text(name);
 		text	   *sql = cstring_to_text(DbpoolTextShow(slot->settings.health_query));
 		int			i;
 
+		/*
+		 * No traffic: make some, and measure it as any query is measured
+		 * (from its send to its last row, not the wait for a connection).
+		 */
 		for (i = 0; i < TUNE_HEALTH_RUNS; i++)
-			runs[i] = timed_exec(pool, sql);
-		p95 = DbpoolRoundMs(p95_of(runs, TUNE_HEALTH_RUNS));
-		samples = TUNE_HEALTH_RUNS;
+			run_exec(pool, sql);
+		DbpoolReadPoolFigures(slot, f);
 		source = "health_query";
 	}
+	p95 = Max(f->query.window_ms[DBPOOL_P95], 0);
+	samples = f->query.window_n;
 	query_ms = (int) Min(ceil(Max(TUNE_P95_FACTOR * p95, TUNE_MIN_QUERY_TIMEOUT_MS)), PG_INT32_MAX);
 	acquire_ms = (query_ms + 1) / 2;
 
