@@ -421,11 +421,13 @@ read_config(MemoryContext cxt, List **configs, bool *ext_missing, DbpoolAlertRul
 			TimestampDifferenceExceeds(last_read_error_log, GetCurrentTimestamp(), DBPOOL_LOG_INTERVAL_MS))
 		{
 			ereport(WARNING,
-					(errmsg("dbpool: could not read the pool configuration: %s", edata->message),
+					(errmsg("dbpool: could not read the pool configuration: %s",
+							edata ? edata->message : "unknown error"),
 					 errdetail("The worker keeps the pools it has and tries again.")));
 			last_read_error_log = GetCurrentTimestamp();
 		}
-		FreeErrorData(edata);
+		if (edata)
+			FreeErrorData(edata);
 		return false;
 	}
 	*configs = r.configs;

@@ -295,7 +295,7 @@ json_slow(StringInfo buf, const DbpoolPoolSlot *p, uint64 seq_at_reset)
 		escape_json(buf, DbpoolShownText(e->query, e->role));
 		appendStringInfo(buf, ",\"duration_ms\":%.3f,\"started_at\":",
 						 DbpoolRoundMs(e->duration_us / 1000.0));
-		escape_json(buf, timestamptz_to_str(e->started_at));
+		DbpoolJsonTime(buf, e->started_at);
 		appendStringInfo(buf, ",\"client_pid\":%d,\"role\":", e->client_pid);
 		DbpoolJsonString(buf, role);
 		appendStringInfo(buf, ",\"rows\":" INT64_FORMAT ",\"sqlstate\":", e->rows);

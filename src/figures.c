@@ -381,3 +381,27 @@ DbpoolPoolStateName(DbpoolPoolState state)
 	}
 	return "unknown";
 }
+
+/* The status of pools of which unhealthy are unhealthy: all well, some, or all of them. */
+DbpoolHealthStatus
+DbpoolHealthStatusOf(int unhealthy, int total)
+{
+	return unhealthy == 0 ? DBPOOL_HEALTHY :
+		unhealthy == total ? DBPOOL_UNHEALTHY : DBPOOL_DEGRADED;
+}
+
+/* A health status's name. */
+const char *
+DbpoolHealthStatusName(DbpoolHealthStatus status)
+{
+	switch (status)
+	{
+		case DBPOOL_HEALTHY:
+			return "healthy";
+		case DBPOOL_DEGRADED:
+			return "degraded";
+		case DBPOOL_UNHEALTHY:
+			return "unhealthy";
+	}
+	return "unknown";
+}

@@ -136,7 +136,7 @@ extern const char *DbpoolHealthKindName(DbpoolHealthKind kind);
 extern double DbpoolHealthLatencyMs(const DbpoolHealthResult *r);
 extern const char *DbpoolHealthShownError(const DbpoolHealthResult *r, Oid owner);
 
-/* the endpoint's texts (prometheus.c), for metrics_http.c and dbpool_prometheus() */
+/* the overall health of pools, as dbpool_health() and GET /health report it (figures.c) */
 typedef enum DbpoolHealthStatus
 {
 	DBPOOL_HEALTHY,
@@ -144,11 +144,12 @@ typedef enum DbpoolHealthStatus
 	DBPOOL_UNHEALTHY
 } DbpoolHealthStatus;
 
-extern bool DbpoolPromPoolUp(const DbpoolPoolFigures *f);
-extern DbpoolPoolFigures *DbpoolPromReadPools(int *npools);
+extern DbpoolHealthStatus DbpoolHealthStatusOf(int unhealthy, int total);
+extern const char *DbpoolHealthStatusName(DbpoolHealthStatus status);
+
+/* the endpoint's texts (prometheus.c), for metrics_http.c and dbpool_prometheus() */
 extern void DbpoolPrometheusRender(StringInfo buf, const char *prefix);
 extern DbpoolHealthStatus DbpoolHealthSummary(StringInfo buf);
-extern const char *DbpoolHealthStatusName(DbpoolHealthStatus status);
 
 /* the pieces of the jsonb documents (json_out.c) */
 extern void DbpoolJsonKey(StringInfo buf, const char *k);

@@ -337,7 +337,7 @@ DbpoolHealthStepDone(WorkerConn *conn)
 		DbpoolErrorFields e = {0};
 
 		DbpoolProtoErrorOf(&conn->error, &e);
-		record(pool, false, latency, e.message, NULL);
+		record(pool, false, latency, e.message, e.detail);
 	}
 	else
 		record(pool, true, latency, NULL, NULL);

@@ -214,7 +214,6 @@ dbpool_health(PG_FUNCTION_ARGS)
 	DbpoolPoolSlot *slots;
 	PoolCheck  *checks;
 	StringInfoData buf;
-	StringInfoData pools;
 	int			nslots,
 				n = 0,
 				shown = 0,
@@ -230,7 +229,6 @@ dbpool_health(PG_FUNCTION_ARGS)
 	run_checks(checks, n);
 
 	initStringInfo(&buf);
-	initStringInfo(&pools);
 	appendStringInfoString(&buf, "{\"healthy_pools\":[");
 	first = true;
 	for (i = 0; i < n; i++)
@@ -292,7 +290,7 @@ dbpool_health(PG_FUNCTION_ARGS)
 						 DbpoolHealthKindName(c->result.kind));
 	}
 	appendStringInfo(&buf, "},\"status\":\"%s\",\"timestamp\":",
-					 failed == 0 ? "healthy" : failed == shown ? "unhealthy" : "degraded");
+					 DbpoolHealthStatusName(DbpoolHealthStatusOf(failed, shown)));
 	DbpoolJsonUtc(&buf, GetCurrentTimestamp());
 	appendStringInfoChar(&buf, '}');
 	PG_RETURN_DATUM(as_jsonb(&buf));

@@ -141,8 +141,8 @@ enum
 };
 
 /* A pool counts as up unless it is down or its latest health check failed. */
-bool
-DbpoolPromPoolUp(const DbpoolPoolFigures *f)
+static bool
+pool_up(const DbpoolPoolFigures *f)
 {
 	return f->state != DBPOOL_POOL_DOWN && !(f->health.at != 0 && !f->health.ok);
 }
@@ -169,7 +169,7 @@ write_pool_gauge(StringInfo buf, const char *name, const PromInput *in, int arg)
 		switch (arg)
 		{
 			case G_UP:
-				v = DbpoolPromPoolUp(f) ? 1 : 0;
+				v = pool_up(f) ? 1 : 0;
 				break;
 			case G_MAX:
 				v = f->max_size;
@@ -438,8 +438,8 @@ write_family(StringInfo buf, const PromInput *in, const char *name, const char *
  * The figures of every pool shown: a pool being dropped is left out when its
  * name is in use again, so no two pools give the same labels.
  */
-DbpoolPoolFigures *
-DbpoolPromReadPools(int *npools)
+static DbpoolPoolFigures *
+read_pools(int *npools)
 {
 	DbpoolPoolSlot *slots;
 	DbpoolPoolFigures *figs;
@@ -469,7 +469,7 @@ DbpoolPrometheusRender(StringInfo buf, const char *prefix)
 	int			i;
 
 	in.prefix = prefix;
-	in.pools = DbpoolPromReadPools(&in.npools);
+	in.pools = read_pools(&in.npools);
 	in.worker_up = DbpoolWorkerStatus(&gen, &proc) != 0;
 	for (i = 0; i < (int) lengthof(families); i++)
 		write_family(buf, &in, families[i].name, families[i].type, families[i].help,
@@ -496,7 +496,7 @@ health_list(StringInfo buf, const DbpoolPoolFigures *figs, int n, bool up)
 	appendStringInfoChar(buf, '[');
 	for (i = 0; i < n; i++)
 	{
-		if (figs[i].state == DBPOOL_POOL_DROPPING || DbpoolPromPoolUp(&figs[i]) != up)
+		if (figs[i].state == DBPOOL_POOL_DROPPING || pool_up(&figs[i]) != up)
 			continue;
 		appendStringInfoString(buf, first ? "" : ", ");
 		first = false;
@@ -518,7 +518,7 @@ health_list(StringInfo buf, const DbpoolPoolFigures *figs, int n, bool up)
 /*
  * The health of the pools, as dbpool_health() words it: healthy when no pool
  * is unhealthy (also with no pools), unhealthy when every pool is, degraded
- * otherwise.  A pool is unhealthy when it is not up (DbpoolPromPoolUp); pools
+ * otherwise.  A pool is unhealthy when it is not up (pool_up); pools
  * being dropped do not count.  Appends a JSON body to buf; returns the status.
  */
 DbpoolHealthStatus
@@ -531,17 +531,16 @@ DbpoolHealthSummary(StringInfo buf)
 				counted = 0,
 				unhealthy = 0;
 
-	figs = DbpoolPromReadPools(&n);
+	figs = read_pools(&n);
 	for (i = 0; i < n; i++)
 	{
 		if (figs[i].state == DBPOOL_POOL_DROPPING)
 			continue;
 		counted++;
-		if (!DbpoolPromPoolUp(&figs[i]))
+		if (!pool_up(&figs[i]))
 			unhealthy++;
 	}
-	status = unhealthy == 0 ? DBPOOL_HEALTHY :
-		unhealthy == counted ? DBPOOL_UNHEALTHY : DBPOOL_DEGRADED;
+	status = DbpoolHealthStatusOf(unhealthy, counted);
 
 	appendStringInfo(buf, "{\"status\": \"%s\", \"healthy_pools\": ",
 					 DbpoolHealthStatusName(status));
@@ -553,22 +552,6 @@ DbpoolHealthSummary(StringInfo buf)
 	appendStringInfoString(buf, "}\n");
 	pfree(figs);
 	return status;
-}
-
-/* A health status's name. */
-const char *
-DbpoolHealthStatusName(DbpoolHealthStatus status)
-{
-	switch (status)
-	{
-		case DBPOOL_HEALTHY:
-			return "healthy";
-		case DBPOOL_DEGRADED:
-			return "degraded";
-		case DBPOOL_UNHEALTHY:
-			return "unhealthy";
-	}
-	return "unknown";
 }
 
 /* ---------- SQL ---------- */

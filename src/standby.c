@@ -39,7 +39,6 @@
 #include "catalog/pg_extension.h"
 #include "common/hashfn.h"
 #include "storage/lmgr.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"

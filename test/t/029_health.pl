@@ -209,6 +209,15 @@ query_ok($l, q{SELECT c->>'ok', c->>'error' FROM (SELECT dbpool_health('to')->'c
 query_ok($l, q{SELECT * FROM dbpool_query('to', 'SELECT 42') AS t(x int)}, '42',
 	'the pool still serves');
 
+# --- a health query that fails: its message and its detail ---------------------------------------
+$l->safe_psql('postgres', "SELECT dbpool_create_pool('fd', " . ci($f2, 'pool_fd')
+	  . ", min_size => 1, health_check_interval_ms => 0, health_query =>"
+	  . " 'DO \$\$BEGIN RAISE EXCEPTION ''probe says no'' USING DETAIL = ''the detail''; END\$\$')");
+ok(poll_until($l, q{SELECT idle_connections FROM dbpool_metrics WHERE pool = 'fd'}, '1'),
+	'pool fd has its idle connection');
+query_ok($l, q{SELECT c->>'ok', c->>'error' FROM (SELECT dbpool_health('fd')->'checks'->'connectivity' AS c) x},
+	'false|probe says no: the detail', 'a failed health query: its message and detail');
+
 # --- background probes --------------------------------------------------------------------------
 $from = log_size($f2);
 $l->safe_psql('postgres', "SELECT dbpool_create_pool('bg', " . ci($f2, 'pool_bg')
