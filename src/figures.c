@@ -242,27 +242,39 @@ DbpoolHistPercentile(const uint64 *count, uint64 n, double p)
 	return (double) DbpoolHistBounds[DBPOOL_HIST_BOUNDS - 1] / 1000.0;
 }
 
-/* Queries and errors per second over the last secs complete seconds. */
-void
-DbpoolRates(const DbpoolPoolStats *s, TimestampTz now, int secs, double *qps,
-			double *errors_per_sec)
+/* Queries, errors and connections established over the last secs complete seconds. */
+static void
+window_counts(const DbpoolPoolStats *s, TimestampTz now, int secs, uint64 *queries,
+			  uint64 *errors, uint64 *conns)
 {
 	int64		cur = now / USECS_PER_SEC;
-	uint64		q = 0,
-				e = 0;
 	int			i;
 
 	Assert(secs >= 1 && secs <= DBPOOL_RATE_MAX_SECS);
+	*queries = *errors = *conns = 0;
 	for (i = 0; i < DBPOOL_RATE_SLOTS; i++)
 	{
 		const DbpoolRateSlot *r = &s->rate[i];
 
 		if (r->second >= cur - secs && r->second < cur)
 		{
-			q += r->queries;
-			e += r->errors;
+			*queries += r->queries;
+			*errors += r->errors;
+			*conns += r->conns_created;
 		}
 	}
+}
+
+/* Queries and errors per second over the last secs complete seconds. */
+void
+DbpoolRates(const DbpoolPoolStats *s, TimestampTz now, int secs, double *qps,
+			double *errors_per_sec)
+{
+	uint64		q,
+				e,
+				c;
+
+	window_counts(s, now, secs, &q, &e, &c);
 	*qps = (double) q / secs;
 	*errors_per_sec = (double) e / secs;
 }
@@ -271,19 +283,12 @@ DbpoolRates(const DbpoolPoolStats *s, TimestampTz now, int secs, double *qps,
 uint64
 DbpoolConnsCreated(const DbpoolPoolStats *s, TimestampTz now, int secs)
 {
-	int64		cur = now / USECS_PER_SEC;
-	uint64		n = 0;
-	int			i;
+	uint64		q,
+				e,
+				c;
 
-	Assert(secs >= 1 && secs <= DBPOOL_RATE_MAX_SECS);
-	for (i = 0; i < DBPOOL_RATE_SLOTS; i++)
-	{
-		const DbpoolRateSlot *r = &s->rate[i];
-
-		if (r->second >= cur - secs && r->second < cur)
-			n += r->conns_created;
-	}
-	return n;
+	window_counts(s, now, secs, &q, &e, &c);
+	return c;
 }
 
 /* Milliseconds rounded to the microsecond, the unit every latency is kept in. */

@@ -123,13 +123,13 @@ extension_schema(void)
 	return nsp;
 }
 
-/* The fingerprint of the configuration tables, with a fresh snapshot (inside DbpoolWorkerRun). */
+/* The fingerprint of the configuration tables, with DbpoolWorkerRun's fresh snapshot. */
 static bool
 fingerprint_in(void *arg)
 {
 	uint64	   *h = arg;
 	Oid			nsp = extension_schema();
-	Snapshot	snap = RegisterSnapshot(GetTransactionSnapshot());
+	Snapshot	snap = GetActiveSnapshot();
 	bool		ok;
 
 	ok = fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_config", nsp) :
@@ -138,7 +138,6 @@ fingerprint_in(void *arg)
 						  InvalidOid, snap, h) &&
 		fingerprint_table(OidIsValid(nsp) ? get_relname_relid("dbpool_alert_rules", nsp) :
 						  InvalidOid, snap, h);
-	UnregisterSnapshot(snap);
 	return ok;
 }
 

@@ -1,7 +1,8 @@
-# A max_size change that cannot be written to dbpool_config (issue 14's scale_up and autoscaling,
-# hardened in issue 16's round): the attempt counts like a change, so it is retried after the
-# action's interval (a minute for scale_up, the cooldown for autoscaling) instead of every second,
-# with one WARNING and one LOG line per attempt.  The pool keeps its size and serves.
+# A max_size change that cannot be written to dbpool_config (issue 14's scale_up, hardened in
+# issue 16's round): the attempt counts like a change, so it is retried after the action's
+# interval (a minute) instead of every second, with one WARNING and one LOG line per attempt.
+# The pool keeps its size and serves.  (Autoscaling's attempts follow the same rule, waiting for
+# dbpool.autoscale_cooldown_s, in autoscale.c's decide(); this file drives only scale_up.)
 use strict;
 use warnings FATAL => 'all';
 
